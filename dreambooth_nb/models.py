@@ -1,0 +1,264 @@
+"""Chapter 02: the pieces of Stable Diffusion, loaded from a hub id, a local folder or the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runtime import cache_dir, import_quietly
+
+TINY_MODEL = "tiny-random"  # a randomly initialised tiny SD, built offline in seconds
+DEFAULT_MODEL = TINY_MODEL
+TINY_RESOLUTION = 64
+TINY_SEED = 0
+# Whole words the tiny tokenizer knows as single tokens; anything else (like "sks") splits into pieces.
+TINY_WORDS = (
+    "a an the photo picture painting drawing of in on at with and by sitting standing lying "
+    "dog cat person man woman face portrait woman's star circle square triangle heart "
+    "red green blue yellow orange purple white black pink gray background beach snow city forest "
+    "bucket hat style van gogh"
+).split()
+SUPPORTED_TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
+
+
+@dataclass
+class Components:
+    """The five pieces DreamBooth works with."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    source: str = ""
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameters in each network."""
+        nets = {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
+        return {name: count_parameters(net) for name, net in nets.items() if net is not None}
+
+
+def count_parameters(net) -> int:
+    """Total number of elements in a network's parameters."""
+    return int(sum(p.size for p in net.get_parameters()))
+
+
+# ---------------------------------------------------------------- the embedded tiny model
+def tiny_vocabulary(words=TINY_WORDS) -> tuple[dict[str, int], list[str]]:
+    """A CLIP-style BPE vocabulary: all bytes, plus merges that make each word one token."""
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    for word in dict.fromkeys(words):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            rule = f"{pieces[0]} {pieces[1]}"
+            if rule not in merges:
+                merges.append(rule)
+                tokens.append(merged)
+            pieces = [merged] + pieces[2:]
+    tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def write_tiny_tokenizer(folder: Path, words=TINY_WORDS) -> None:
+    """Write vocab.json/merges.txt and save a CLIPTokenizer in `folder`."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tiny_vocabulary(words)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(str(folder))
+
+
+def tiny_unet_config(sample_size: int = TINY_RESOLUTION // 2) -> dict:
+    """The UNet shape of hf-internal-testing/tiny-stable-diffusion-pipe."""
+    return dict(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=sample_size,
+        in_channels=4, out_channels=4, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+
+
+def tiny_vae_config() -> dict:
+    """A two-level VAE with 4 latent channels: latents are half the image size."""
+    return dict(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+
+
+def tiny_text_config(vocab_size: int) -> dict:
+    """A 5-layer CLIP text encoder of width 32."""
+    return dict(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=vocab_size,
+    )
+
+
+def sd_scheduler_config() -> dict:
+    """Stable Diffusion v1's training noise schedule."""
+    return dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+
+
+def build_tiny_pipeline(folder: str | os.PathLike, seed: int = TINY_SEED) -> Path:
+    """Build the tiny random Stable Diffusion deterministically from `seed` and save it in diffusers layout."""
+    import mindspore as ms
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    diffusers = import_quietly("mindone.diffusers")
+    CLIPTextModel = import_quietly("mindone.transformers").CLIPTextModel
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:
+        staging = Path(tmp) / "model"
+        write_tiny_tokenizer(staging / "tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(str(staging / "tokenizer"))
+        ms.set_seed(seed)
+        unet = diffusers.UNet2DConditionModel(**tiny_unet_config())
+        vae = diffusers.AutoencoderKL(**tiny_vae_config())
+        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(len(tokenizer))))
+        pipe = diffusers.StableDiffusionPipeline(
+            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            scheduler=diffusers.PNDMScheduler.from_config({**sd_scheduler_config(), "skip_prk_steps": True}),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(str(staging))
+        replace_dir(staging, folder)
+    return folder
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move `new` into place at `target`, replacing what was there, without a half-written moment."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    """True when `path` holds a saved pipeline (model_index.json and a unet/ folder)."""
+    return (path / "model_index.json").is_file() and (path / "unet").is_dir()
+
+
+def tiny_model_path(rebuild: bool = False) -> Path:
+    """The cached tiny model, built on first use (a few seconds, no network)."""
+    path = cache_dir() / "models" / f"{TINY_MODEL}-seed{TINY_SEED}"
+    if rebuild or not is_diffusers_folder(path):
+        build_tiny_pipeline(path)
+    return path
+
+
+EMBEDDED_MODELS = {TINY_MODEL: tiny_model_path}
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
+    """A local folder for embedded names and folders; a hub id is returned unchanged for from_pretrained."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    if name in EMBEDDED_MODELS:
+        return str(EMBEDDED_MODELS[name]())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "unet").is_dir():
+            raise FileNotFoundError(
+                f"{path} is not a Stable Diffusion folder in diffusers layout (no unet/ inside). "
+                f"Pass a folder saved with save_pretrained, a hub id such as "
+                f"'stable-diffusion-v1-5/stable-diffusion-v1-5', or {TINY_MODEL!r}."
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"Model folder {name} does not exist. Check the path, or use {TINY_MODEL!r}.")
+    return name  # a hub id: from_pretrained downloads it (or reads the hub cache)
+
+
+def read_subfolder_config(model: str, subfolder: str, revision: str | None = None) -> dict | None:
+    """config.json of a component from a local folder or the hub cache; None when it is not there."""
+    local = Path(model) / subfolder / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text(encoding="utf-8"))
+    if Path(model).is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, f"{subfolder}/config.json", revision=revision)
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    return None
+
+
+def model_has_vae(model: str, revision: str | None = None) -> bool:
+    """Whether the model has a VAE; asks the hub only when neither a local folder nor the cache can tell."""
+    if Path(model).is_dir() or read_subfolder_config(model, "vae", revision) is not None:
+        return read_subfolder_config(model, "vae", revision) is not None
+    from huggingface_hub import file_exists
+
+    return file_exists(model, "vae/config.json", revision=revision)
+
+
+def text_encoder_class(model: str, revision: str | None = None):
+    """The mindone.transformers class named in the text encoder's config (CLIP only)."""
+    config = read_subfolder_config(model, "text_encoder", revision)
+    if config is None:
+        from transformers import PretrainedConfig
+
+        config = PretrainedConfig.get_config_dict(model, subfolder="text_encoder", revision=revision)[0]
+    architecture = (config.get("architectures") or ["CLIPTextModel"])[0]
+    if architecture not in SUPPORTED_TEXT_ENCODERS:
+        raise ValueError(
+            f"{model} uses a {architecture} text encoder; mindone 0.3.0 DreamBooth here supports "
+            f"{', '.join(SUPPORTED_TEXT_ENCODERS)} (Stable Diffusion 1.x/2.x). Pick an SD 1.x/2.x model."
+        )
+    transformers = import_quietly("mindone.transformers")
+    return getattr(transformers, architecture)
+
+
+def load_components(
+    model: str | os.PathLike | None = None, revision: str | None = None, variant: str | None = None,
+    tokenizer_name: str | None = None,
+) -> Components:
+    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler, from one name or path."""
+    from transformers import AutoTokenizer
+
+    diffusers = import_quietly("mindone.diffusers")
+    source = resolve_model(model)
+    common = dict(revision=revision, variant=variant)
+    if tokenizer_name:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, revision=revision, use_fast=False)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision, use_fast=False)
+    text_encoder = text_encoder_class(source, revision).from_pretrained(source, subfolder="text_encoder", **common)
+    vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae", **common) if model_has_vae(source, revision) else None
+    unet = diffusers.UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler, source)
+
+
+def tokenize(tokenizer, prompts: list[str] | str, max_length: int | None = None):
+    """Token ids padded to the model's length, as a NumPy int32 array of shape (n, length)."""
+    import numpy as np
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    ids = tokenizer(
+        prompts, padding="max_length", truncation=True,
+        max_length=max_length or tokenizer.model_max_length, return_tensors="np",
+    ).input_ids
+    return ids.astype(np.int32)

@@ -1,0 +1,222 @@
+"""Chapter 00: prepare MindSpore once, the same way for notebooks, the demo and the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as metadata
+import io
+import os
+import platform
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The pair this package is tested with; setup() warns when another pair is installed.
+TESTED_VERSIONS = {"mindspore": "2.7.1", "mindone": "0.3.0"}
+TESTED_ON = "x86_64 CPU with Python 3.11"
+DEVICE_ENV = "DREAMBOOTH_NB_DEVICE"
+CACHE_ENV = "DREAMBOOTH_NB_CACHE"
+FAST_ENV = "DREAMBOOTH_NB_FAST"
+DEVICE_ORDER = ("Ascend", "GPU", "CPU")
+
+
+@dataclass
+class RuntimeInfo:
+    """What setup() chose, shown as a small table."""
+
+    device: str
+    mode: str
+    seed: int
+    versions: dict = field(default_factory=dict)
+    onednn_isa: str | None = None
+    notes: list = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [("device", self.device), ("mode", self.mode), ("seed", str(self.seed))]
+        rows += [(name, version) for name, version in self.versions.items()]
+        if self.onednn_isa:
+            rows.append(("ONEDNN_MAX_CPU_ISA", self.onednn_isa))
+        return rows
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self.rows())
+        lines = [f"{k:<{width}}  {v}" for k, v in self.rows()]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+    def _repr_html_(self) -> str:
+        cells = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.rows())
+        notes = "".join(f"<p>{n}</p>" for n in self.notes)
+        return f"<table>{cells}</table>{notes}"
+
+
+def installed_version(package: str) -> str:
+    """The installed version of a distribution, or 'not installed'."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cache_dir() -> Path:
+    """Where built models and generated data are kept (DREAMBOOTH_NB_CACHE overrides)."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dreambooth_nb"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fast_profile() -> bool:
+    """True when DREAMBOOTH_NB_FAST=1 asks for the short settings used by tests."""
+    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def quiet_environment() -> None:
+    """Keep MindSpore's C++ log and transformers' advisories out of notebook output."""
+    os.environ.setdefault("GLOG_v", "3")
+    os.environ.setdefault("GLOG_logtostderr", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(mindone|mindspore|transformers)")
+
+
+def cpu_has_avx512() -> bool:
+    """True on x86 CPUs that advertise AVX-512 (Linux only; False elsewhere)."""
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def needs_onednn_avx2_cap(mindspore_version: str) -> bool:
+    """MindSpore >= 2.8 on AVX-512 CPUs sends convolutions to oneDNN's slow reference path.
+
+    Capping oneDNN at AVX2 makes it pick its fast GEMM kernels (measured 80x faster per conv with
+    2.10.0). 2.7.1 picks a fast kernel by itself, so nothing is changed there.
+    """
+    try:
+        major, minor = (int(part) for part in mindspore_version.split(".")[:2])
+    except ValueError:
+        return False
+    return platform.machine() in {"x86_64", "AMD64"} and (major, minor) >= (2, 8) and cpu_has_avx512()
+
+
+def apply_onednn_fix() -> str | None:
+    """Set ONEDNN_MAX_CPU_ISA=AVX2 where it helps; must run before MindSpore's first op."""
+    if "ONEDNN_MAX_CPU_ISA" in os.environ:
+        return os.environ["ONEDNN_MAX_CPU_ISA"]
+    if needs_onednn_avx2_cap(installed_version("mindspore")):
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        return "AVX2"
+    return None
+
+
+def import_quietly(module: str):
+    """Import a module while swallowing what it prints on import (mindone prints banners)."""
+    import importlib
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return importlib.import_module(module)
+
+
+def available_device() -> str:
+    """The best device MindSpore can use here: Ascend, then GPU, then CPU."""
+    import mindspore as ms
+
+    for device in DEVICE_ORDER[:-1]:
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                if ms.hal.is_available(device):
+                    return device
+            except (RuntimeError, ValueError, AttributeError):
+                continue
+    return "CPU"
+
+
+def choose_device(requested: str | None = None) -> str:
+    """The device to use: the argument, else DREAMBOOTH_NB_DEVICE, else the best available."""
+    wanted = requested or os.environ.get(DEVICE_ENV) or "auto"
+    if wanted.lower() == "auto":
+        return available_device()
+    for device in DEVICE_ORDER:
+        if wanted.lower() == device.lower():
+            return device
+    raise ValueError(
+        f"Unknown device {wanted!r} (from {'the device argument' if requested else DEVICE_ENV}). "
+        f"Use one of: auto, {', '.join(DEVICE_ORDER)}."
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and MindSpore from one number."""
+    import mindspore as ms
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+
+
+def version_notes(versions: dict) -> list[str]:
+    """A note for each package whose version differs from the tested pair."""
+    notes = []
+    for package, tested in TESTED_VERSIONS.items():
+        found = versions.get(package)
+        if found != tested:
+            notes.append(
+                f"{package} {found} is installed; dreambooth-nb is tested with {package}=={tested} "
+                f"(pair: mindspore {TESTED_VERSIONS['mindspore']} + mindone {TESTED_VERSIONS['mindone']}, "
+                f"{TESTED_ON}). Run `make install` to get the tested stack."
+            )
+    return notes
+
+
+_STATE: dict = {}
+
+
+def setup(device: str | None = None, mode: str = "graph", seed: int = 0, show: bool = True) -> RuntimeInfo:
+    """Quiet the logs, pick the device and the compiled mode, seed everything; return what was chosen.
+
+    device: "auto" (default), "Ascend", "GPU" or "CPU"; DREAMBOOTH_NB_DEVICE overrides "auto".
+    mode: "graph" compiles every network call (use it: PyNative is ~50x slower for small UNets);
+    "pynative" runs op by op, for debugging.
+    """
+    if mode not in {"graph", "pynative"}:
+        raise ValueError(f"mode must be 'graph' or 'pynative', not {mode!r}.")
+    quiet_environment()
+    isa = apply_onednn_fix()
+    import mindspore as ms
+
+    chosen = choose_device(device)
+    ms.set_device(chosen)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    seed_everything(seed)
+    import_quietly("mindone.diffusers")
+    import_quietly("mindone.transformers")
+    versions = {p: installed_version(p) for p in ("mindspore", "mindone", "transformers")}
+    versions["python"] = platform.python_version()
+    info = RuntimeInfo(chosen, mode, seed, versions, isa, version_notes(versions))
+    _STATE["info"] = info
+    if show:
+        _show(info)
+    return info
+
+
+def current() -> RuntimeInfo:
+    """The RuntimeInfo of the last setup() call, running setup() quietly if none ran yet."""
+    return _STATE.get("info") or setup(show=False)
+
+
+def _show(info: RuntimeInfo) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(info)
+            return
+    except ImportError:
+        pass
+    print(info)

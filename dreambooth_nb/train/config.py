@@ -1,0 +1,246 @@
+"""The one training configuration: the flags of mindone's train_dreambooth.py, with their names and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..runtime import fast_profile
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+def flag(default: Any, help: str, choices: tuple | None = None, nargs: str | None = None, group: str = "training"):
+    """A dataclass field that also carries what the command line needs to expose it."""
+    meta = {"help": help, "choices": choices, "nargs": nargs, "group": group}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class ConfigError(ValueError):
+    """A training setting that cannot work, with every problem found listed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(f"- {p}" for p in problems))
+
+
+@dataclass
+class TrainConfig:
+    """DreamBooth training settings, named as the flags of mindone's train_dreambooth.py."""
+
+    # model
+    pretrained_model_name_or_path: str = flag("tiny-random", "Hub id, local diffusers folder, or an embedded model name (tiny-random).", group="model")
+    revision: str | None = flag(None, "Revision of the model on the hub.", group="model")
+    variant: str | None = flag(None, "Variant of the model files, e.g. fp16.", group="model")
+    tokenizer_name: str | None = flag(None, "Tokenizer name or path if not the model's own.", group="model")
+    # data
+    instance_data_dir: str | None = flag(None, "Folder of instance photos (default: the offline sample photos).", group="data")
+    class_data_dir: str | None = flag(None, "Folder of class images for prior preservation (made when missing).", group="data")
+    instance_prompt: str = flag("a photo of sks person", "Prompt with the identifier, e.g. 'a photo of sks dog'.", group="data")
+    class_prompt: str | None = flag(None, "Prompt for the subject's class, e.g. 'a photo of a dog'.", group="data")
+    with_prior_preservation: bool = flag(False, "Add the prior-preservation loss on class images.", group="data")
+    prior_loss_weight: float = flag(1.0, "Weight lambda of the prior-preservation loss.", group="data")
+    num_class_images: int = flag(100, "Class images needed; missing ones are generated from class_prompt.", group="data")
+    resolution: int = flag(512, "Training image size in pixels (multiple of 8).", group="data")
+    center_crop: bool = flag(False, "Center-crop instead of random crop after resizing.", group="data")
+    sample_batch_size: int = flag(4, "Batch size when generating class images.", group="data")
+    dataloader_num_workers: int = flag(1, "Data loading workers (kept for compatibility; data is preloaded).", group="data")
+    tokenizer_max_length: int | None = flag(None, "Token length (default: the tokenizer's).", group="data")
+    # training
+    output_dir: str = flag("dreambooth-model", "Where the model, checkpoints and logs are written.")
+    seed: int | None = flag(None, "Seed for reproducible training.")
+    train_text_encoder: bool = flag(False, "Train the text encoder as well as the UNet.")
+    train_batch_size: int = flag(4, "Instance images per step (per device).")
+    num_train_epochs: int = flag(1, "Epochs, used when max_train_steps is not given.")
+    max_train_steps: int | None = flag(None, "Total optimisation steps; overrides num_train_epochs.")
+    checkpointing_steps: int = flag(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = flag(None, "Keep at most this many checkpoints.")
+    resume_from_checkpoint: str | None = flag(None, "A checkpoint folder, or 'latest'.")
+    gradient_accumulation_steps: int = flag(1, "Micro-batches accumulated per optimiser step.")
+    gradient_checkpointing: bool = flag(False, "Recompute activations in backward to save memory.")
+    learning_rate: float = flag(5e-6, "Learning rate after warmup.")
+    scale_lr: bool = flag(False, "Multiply the learning rate by devices x accumulation x batch size.")
+    lr_scheduler: str = flag("constant", "Learning-rate schedule.", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = flag(500, "Warmup steps of the schedule.")
+    lr_num_cycles: int = flag(1, "Hard restarts of cosine_with_restarts.")
+    lr_power: float = flag(1.0, "Power of the polynomial schedule.")
+    adam_beta1: float = flag(0.9, "AdamW beta1.")
+    adam_beta2: float = flag(0.999, "AdamW beta2.")
+    adam_weight_decay: float = flag(1e-2, "AdamW weight decay.")
+    adam_epsilon: float = flag(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = flag(1.0, "Clip gradients to this global norm (0 turns clipping off).")
+    offset_noise: bool = flag(False, "Add offset noise (0.1 x per-channel constant).")
+    snr_gamma: float | None = flag(None, "Min-SNR loss weighting gamma (5.0 is typical).")
+    pre_compute_text_embeddings: bool = flag(False, "Encode the prompts once and free the text encoder.")
+    text_encoder_use_attention_mask: bool = flag(False, "Pass the attention mask to the text encoder.")
+    skip_save_text_encoder: bool = flag(False, "Do not save the text encoder with the result.")
+    class_labels_conditioning: str | None = flag(None, "UNet class-label conditioning ('timesteps').", choices=(None, "timesteps"))
+    # devices and precision
+    mixed_precision: str | None = flag(None, "fp16 or bf16 compute (Ascend); fp32 on CPU.", choices=(None, "no", "fp16", "bf16"), group="device")
+    prior_generation_precision: str | None = flag(None, "Precision for generating class images.", choices=(None, "no", "fp32", "fp16", "bf16"), group="device")
+    distributed: bool = flag(False, "Data-parallel training (launch with msrun).", group="device")
+    enable_mindspore_data_sink: bool = flag(False, "MindSpore data sinking (Ascend).", group="device")
+    # validation and logging
+    validation_prompt: str | None = flag(None, "Prompt sampled every validation_steps.", group="validation")
+    num_validation_images: int = flag(4, "Images per validation.", group="validation")
+    validation_steps: int = flag(100, "Validate every N steps.", group="validation")
+    validation_images: list | None = flag(None, "Images for image-conditioned pipelines (unused for text-to-image).", nargs="+", group="validation")
+    validation_scheduler: str = flag("DPMSolverMultistepScheduler", "Scheduler for validation sampling.", choices=("DPMSolverMultistepScheduler", "DDPMScheduler"), group="validation")
+    logging_dir: str = flag("logs", "TensorBoard folder inside output_dir.", group="validation")
+    report_to: str = flag("tensorboard", "Where scalars go: tensorboard, or none.", group="validation")
+    # hub (needs a network)
+    push_to_hub: bool = flag(False, "Upload the result to the hub (not supported by mindone's script).", group="hub")
+    hub_token: str | None = flag(None, "Hub token.", group="hub")
+    hub_model_id: str | None = flag(None, "Hub repository name.", group="hub")
+    # accepted by the reference script but always refused there
+    allow_tf32: bool = flag(False, "TF32 (not supported on MindSpore).", group="unsupported")
+    use_8bit_adam: bool = flag(False, "8-bit Adam (not supported on MindSpore).", group="unsupported")
+    set_grads_to_none: bool = flag(False, "Grads to None (not supported on MindSpore).", group="unsupported")
+    enable_xformers_memory_efficient_attention: bool = flag(False, "xFormers (not supported on MindSpore).", group="unsupported")
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some settings changed (unknown names are an error)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError([f"unknown setting {name!r}; see TrainConfig for the names" for name in sorted(unknown)])
+        return dataclasses.replace(self, **changes)
+
+    def changed(self) -> dict[str, Any]:
+        """Settings that differ from the reference defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != _default(f)}
+
+    def as_rows(self, only_changed: bool = False) -> list[tuple[str, Any]]:
+        items = self.changed() if only_changed else {f.name: getattr(self, f.name) for f in fields(self)}
+        return list(items.items())
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><code>--{k}</code></td><td>{v!r}</td></tr>" for k, v in self.as_rows(True))
+        return f"<table><tr><th>flag</th><th>value</th></tr>{rows}</table>"
+
+    def to_args(self) -> list[str]:
+        """The command line that reproduces this config with `python -m dreambooth_nb.train`."""
+        args = []
+        for name, value in self.changed().items():
+            if value is True:
+                args.append(f"--{name}")
+            elif isinstance(value, list):
+                args += [f"--{name}", *map(str, value)]
+            elif value not in (False, None):
+                args.append(f"--{name}={value}")
+        return args
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
+        problems = [p for check in _CHECKS for p in check(self)]
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def fast(config: TrainConfig) -> TrainConfig:
+    """Shrink step counts when DREAMBOOTH_NB_FAST=1 (tests and CI); unchanged otherwise."""
+    if not fast_profile():
+        return config
+    steps = min(config.max_train_steps or 8, 8)
+    return config.replace(
+        max_train_steps=steps, num_class_images=min(config.num_class_images, 4),
+        validation_steps=max(steps, 1), checkpointing_steps=min(config.checkpointing_steps, max(steps // 2, 1)),
+    )
+
+
+# ---------------------------------------------------------------------- checks
+def _check_positive(c: TrainConfig) -> list[str]:
+    names = ["train_batch_size", "sample_batch_size", "num_train_epochs", "checkpointing_steps",
+             "gradient_accumulation_steps", "num_class_images", "validation_steps", "num_validation_images"]
+    out = [f"--{n}={getattr(c, n)} must be a positive whole number." for n in names if getattr(c, n) < 1]
+    for n in ("max_train_steps", "checkpoints_total_limit", "tokenizer_max_length"):
+        value = getattr(c, n)
+        if value is not None and value < 1:
+            out.append(f"--{n}={value} must be a positive whole number (or left out).")
+    if c.learning_rate <= 0:
+        out.append(f"--learning_rate={c.learning_rate} must be above 0 (DreamBooth uses 1e-6 to 1e-4).")
+    if c.lr_warmup_steps < 0:
+        out.append(f"--lr_warmup_steps={c.lr_warmup_steps} cannot be negative.")
+    if c.prior_loss_weight < 0:
+        out.append(f"--prior_loss_weight={c.prior_loss_weight} cannot be negative (1.0 is the paper's value).")
+    if c.max_grad_norm < 0:
+        out.append(f"--max_grad_norm={c.max_grad_norm} cannot be negative (0 turns clipping off).")
+    if c.snr_gamma is not None and c.snr_gamma <= 0:
+        out.append(f"--snr_gamma={c.snr_gamma} must be above 0 (5.0 is typical), or left out.")
+    return out
+
+
+def _check_resolution(c: TrainConfig) -> list[str]:
+    if c.resolution < 8 or c.resolution % 8:
+        return [f"--resolution={c.resolution} must be a multiple of 8 (the VAE downsamples by 8; try 512, or 64 for the tiny model)."]
+    return []
+
+
+def _check_choices(c: TrainConfig) -> list[str]:
+    out = []
+    for f in fields(c):
+        choices = f.metadata.get("choices")
+        value = getattr(c, f.name)
+        if choices and value not in choices:
+            shown = ", ".join(str(x) for x in choices if x is not None)
+            out.append(f"--{f.name}={value!r} is not one of: {shown}.")
+    return out
+
+
+def _check_prior(c: TrainConfig) -> list[str]:
+    if not c.with_prior_preservation:
+        return []
+    out = []
+    if not c.class_prompt:
+        out.append("--with_prior_preservation needs --class_prompt, e.g. --class_prompt='a photo of a dog'.")
+    if not c.class_data_dir:
+        out.append("--with_prior_preservation needs --class_data_dir (a folder; missing class images are generated there).")
+    return out
+
+
+def _check_prompts(c: TrainConfig) -> list[str]:
+    if not c.instance_prompt or not c.instance_prompt.strip():
+        return ["--instance_prompt is empty; give one with the identifier, e.g. 'a photo of sks dog'."]
+    return []
+
+
+def _check_text_encoder(c: TrainConfig) -> list[str]:
+    if c.train_text_encoder and c.pre_compute_text_embeddings:
+        return ["--train_text_encoder cannot be used with --pre_compute_text_embeddings (a trained encoder changes the embeddings); drop one."]
+    return []
+
+
+def _check_paths(c: TrainConfig) -> list[str]:
+    out = []
+    if c.instance_data_dir and not Path(c.instance_data_dir).expanduser().is_dir():
+        out.append(f"--instance_data_dir={c.instance_data_dir} is not a folder; point it at a folder of photos of your subject.")
+    resume = c.resume_from_checkpoint
+    if resume and resume != "latest" and not Path(resume).is_dir() and not (Path(c.output_dir) / resume).is_dir():
+        out.append(f"--resume_from_checkpoint={resume} is not a checkpoint folder; use 'latest' or a checkpoint-N folder in {c.output_dir}.")
+    return out
+
+
+def _check_unsupported(c: TrainConfig) -> list[str]:
+    out = [f"--{f.name} is not supported on MindSpore; remove it." for f in fields(c)
+           if f.metadata.get("group") == "unsupported" and getattr(c, f.name)]
+    if c.push_to_hub:
+        out.append("--push_to_hub needs a network connection and is not supported by the mindone script; "
+                   "train, then upload output_dir yourself with `huggingface-cli upload`.")
+    if c.class_labels_conditioning not in (None, "timesteps"):
+        out.append("--class_labels_conditioning only takes 'timesteps'.")
+    if c.report_to not in ("tensorboard", "none"):
+        out.append(f"--report_to={c.report_to!r}: only 'tensorboard' or 'none' work here.")
+    return out
+
+
+_CHECKS = (_check_positive, _check_resolution, _check_choices, _check_prior, _check_prompts,
+           _check_text_encoder, _check_paths, _check_unsupported)
