@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (one obvious place for each thing)
 _EXPORTS = {
-    "setup": "runtime", "cache_dir": "runtime", "fast_profile": "runtime",
+    "setup": "runtime", "cache_dir": "runtime", "fast_profile": "runtime", "speed_check": "runtime",
     "sample_photos_dir": "data", "list_images": "data", "load_rgb": "data", "DataError": "data",
     "load_components": "models", "tiny_model_path": "models", "resolve_model": "models",
     "tokenize": "models", "DEFAULT_MODEL": "models",

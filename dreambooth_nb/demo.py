@@ -22,12 +22,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from dreambooth_nb.runtime import friendly_errors
+
+    args = parse_args(argv)
+    with friendly_errors(Path(args.out) / "error.log"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample before, fine-tune, sample after; save the grid and the loss plot."""
     import dreambooth_nb as db
     from dreambooth_nb.infer import pipeline_from_components, with_scheduler
     from dreambooth_nb.train import fast
     from dreambooth_nb.viz import image_grid, save_atomic
 
-    args = parse_args(argv)
     out = Path(args.out)
     db.setup(device=args.device, seed=0)
     config = fast(db.TrainConfig(

@@ -1,0 +1,34 @@
+# dreambooth-nb: `make demo` runs the main job offline, `make test` runs every test. See README.md.
+PYTHON ?= python3.11
+VENV ?= .venv
+STAMP := $(VENV)/.dreambooth-nb-installed
+PY := $(VENV)/bin/python
+export GLOG_v ?= 3
+
+.PHONY: install demo test unit notebooks lab bench clean-outputs strip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	@bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+
+demo: $(STAMP)  ## fine-tune the default model offline; writes outputs/demo/
+	@$(PY) -m dreambooth_nb.demo
+
+test: $(STAMP)  ## unit tests + every notebook executed by nbval (fast profile)
+	@bash scripts/run_tests.sh "$(PY)"
+
+unit: $(STAMP)
+	@DREAMBOOTH_NB_FAST=1 $(PY) -m pytest tests -q
+
+notebooks: $(STAMP)
+	@DREAMBOOTH_NB_FAST=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+
+lab: $(STAMP)  ## open JupyterLab on the notebooks
+	@$(VENV)/bin/jupyter lab notebooks/
+
+strip:  ## remove outputs and volatile metadata from the notebooks before committing
+	@$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
+
+clean-outputs:
+	rm -rf outputs

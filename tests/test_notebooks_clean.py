@@ -1,0 +1,42 @@
+"""Committed notebooks carry no outputs, no widget state, short code cells, and the usual shape."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def code_lines(cell) -> list[str]:
+    source = "".join(cell["source"])
+    return [l for l in source.splitlines() if l.strip() and not l.strip().startswith("#")]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+    assert NOTEBOOKS[0].name.startswith("00_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stripped(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert "widgets" not in nb.get("metadata", {}), "widget state is committed; run `make strip`"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell["outputs"], f"cell {i} has outputs; run `make strip`"
+            assert cell["execution_count"] is None, f"cell {i} has an execution count; run `make strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shape(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb["cells"]
+    first_markdown = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and first_markdown.startswith("# ")
+    assert "In this notebook you will" in first_markdown
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert "import dreambooth_nb as db" in "".join(code[0]["source"])
+    too_long = [i for i, c in enumerate(code) if len(code_lines(c)) > 8]
+    assert not too_long, f"code cells {too_long} are longer than 8 lines: move the logic into dreambooth_nb"

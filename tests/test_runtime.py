@@ -1,0 +1,109 @@
+"""runtime.setup(): device choice, compiled mode, seeding, the oneDNN rule, the info table."""
+
+import os
+
+import numpy as np
+import pytest
+
+from dreambooth_nb import runtime
+
+
+def test_setup_chooses_cpu_graph_mode_and_reports_versions():
+    import mindspore as ms
+
+    info = runtime.setup(device="CPU", seed=3, show=False)
+    assert info.device == "CPU" and ms.get_context("device_target") == "CPU"
+    assert ms.get_context("mode") == ms.GRAPH_MODE
+    assert info.versions["mindspore"] == runtime.installed_version("mindspore")
+    text = str(info)
+    assert "device" in text and "mindone" in text
+    assert "<table>" in info._repr_html_()
+
+
+def test_setup_seeds_numpy_and_mindspore_from_one_seed():
+    import mindspore as ms
+    from mindspore import nn
+
+    runtime.setup(device="CPU", seed=7, show=False)
+    first = (np.random.rand(3), nn.Dense(4, 4).weight.asnumpy())
+    runtime.setup(device="CPU", seed=7, show=False)
+    second = (np.random.rand(3), nn.Dense(4, 4).weight.asnumpy())
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert ms.get_seed() == 7
+
+
+def test_device_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert runtime.choose_device() == "CPU"
+    assert runtime.choose_device("auto") == "CPU"
+
+
+def test_unknown_device_is_a_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match="Use one of: auto, Ascend, GPU, CPU"):
+        runtime.choose_device("TPU")
+    monkeypatch.setenv(runtime.DEVICE_ENV, "npu")
+    with pytest.raises(ValueError, match=runtime.DEVICE_ENV):
+        runtime.choose_device()
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="graph"):
+        runtime.setup(mode="eager", show=False)
+
+
+@pytest.mark.parametrize("version,avx512,expected", [
+    ("2.10.0", True, True), ("2.8.0", True, True), ("2.7.1", True, False), ("2.10.0", False, False), ("dev", True, False),
+])
+def test_onednn_cap_only_where_it_helps(monkeypatch, version, avx512, expected):
+    monkeypatch.setattr(runtime, "cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+    assert runtime.needs_onednn_avx2_cap(version) is expected
+
+
+def test_onednn_fix_respects_a_user_setting(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert runtime.apply_onednn_fix() == "AVX512_CORE"
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+
+
+def test_version_notes_name_the_tested_pair():
+    notes = runtime.version_notes({"mindspore": "2.10.0", "mindone": "0.3.0"})
+    assert len(notes) == 1 and "mindspore==2.7.1" in notes[0]
+    assert runtime.version_notes(dict(runtime.TESTED_VERSIONS)) == []
+
+
+def test_fast_profile_reads_the_environment(monkeypatch):
+    monkeypatch.setenv(runtime.FAST_ENV, "1")
+    assert runtime.fast_profile()
+    monkeypatch.setenv(runtime.FAST_ENV, "0")
+    assert not runtime.fast_profile()
+
+
+def test_importing_the_package_changes_no_global_state():
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); import dreambooth_nb as db; "
+            "assert dict(os.environ) == before; assert 'mindspore' not in sys.modules; "
+            "assert callable(db.show_images)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_speed_check_times_the_unet_both_ways():
+    runtime.setup(device="CPU", show=False)
+    check = runtime.speed_check(batch=1, repeats=1)
+    assert check.input_shape == (1, 4, 32, 32)
+    assert check.compile_s > 0 and check.compiled_ms > 0 and check.eager_ms > 0
+    assert "speed-up" in str(check)
+
+
+def test_friendly_errors_print_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        with runtime.friendly_errors(tmp_path / "error.log"):
+            raise FileNotFoundError("folder photos/ does not exist")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: folder photos/ does not exist" in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "error.log").read_text()
