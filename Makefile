@@ -32,3 +32,16 @@ strip:  ## remove outputs and volatile metadata from the notebooks before commit
 
 clean-outputs:
 	rm -rf outputs
+
+BENCH_VENV ?= .venv-bench
+
+$(BENCH_VENV)/.installed: bench/requirements-torch.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV) || { echo "error: could not create $(BENCH_VENV)" >&2; exit 1; }
+	@echo "installing PyTorch + diffusers for the comparison into $(BENCH_VENV) ..."
+	@$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements-torch.txt > $(BENCH_VENV).install.log 2>&1 \
+		|| { tail -n 5 $(BENCH_VENV).install.log >&2; echo "error: installing the benchmark's PyTorch side failed (log: $(BENCH_VENV).install.log)" >&2; exit 1; }
+	@touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed  ## train-step and sampling speed vs diffusers+PyTorch, notebook time and memory
+	@$(PY) bench/run.py --torch-python $(BENCH_VENV)/bin/python
+	@$(PY) bench/notebooks.py

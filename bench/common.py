@@ -1,0 +1,56 @@
+"""Shared by the benchmark workers: the model folder both frameworks load, and small timing helpers."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+RESOLUTION = 64
+STEADY_STEPS = 10
+WARMUP_STEPS = 2
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def torch_loadable_copy(src: Path, dst: Path) -> Path:
+    """Copy a diffusers folder saved by mindone, re-tagging its safetensors as format=pt for PyTorch diffusers.
+
+    mindone 0.3.0 writes metadata format=np, which diffusers/transformers on PyTorch refuse, and names
+    embedding weights `embedding_table` where PyTorch says `weight`; the tensors themselves are the same.
+    """
+    from safetensors.numpy import load_file, save_file
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for path in dst.rglob("*.safetensors"):
+        tensors = {rename_for_pytorch(k): v for k, v in load_file(path).items()}
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    return dst
+
+
+def rename_for_pytorch(key: str) -> str:
+    """MindSpore's nn.Embedding calls its weight `embedding_table`."""
+    return key[: -len("embedding_table")] + "weight" if key.endswith(".embedding_table") else key
+
+
+def report(result: dict) -> None:
+    """Print the worker's result as one JSON line (the orchestrator reads the last line)."""
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+def summarise(step_seconds: list[float]) -> dict:
+    """First step (includes compiling) and the median of the steady steps after warm-up."""
+    return {
+        "first_s": round(step_seconds[0], 3),
+        "steady_s": round(statistics.median(step_seconds[WARMUP_STEPS:]), 4),
+    }

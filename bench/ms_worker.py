@@ -1,0 +1,74 @@
+"""MindSpore side of the benchmarks: dreambooth_nb's compiled train step, or 25-step sampling.
+
+Run by bench/run.py with the project's venv: python bench/ms_worker.py train|sample --model DIR ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common import RESOLUTION, STEADY_STEPS, WARMUP_STEPS, report, summarise
+
+
+def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
+    import mindspore as ms
+
+    from dreambooth_nb import data
+    from dreambooth_nb.models import load_components
+    from dreambooth_nb.train import TrainConfig
+    from dreambooth_nb.train.engine import BatchMaker, build_step, latent_shape
+
+    config = TrainConfig(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=RESOLUTION,
+                         train_batch_size=batch, learning_rate=1e-4, lr_warmup_steps=0, center_crop=True, seed=0,
+                         instance_prompt="a photo of sks person", class_prompt="a photo of a person")
+    components = load_components(model)
+    images = data.load_image_set(photos, config.instance_prompt, components.tokenizer, RESOLUTION)
+    classes = data.load_image_set(photos, config.class_prompt, components.tokenizer, RESOLUTION) if prior else None
+    config = config.replace(with_prior_preservation=prior, class_data_dir=photos if prior else None)
+    steps = WARMUP_STEPS + STEADY_STEPS + 1
+    step_fn, _ = build_step(config, components, steps)
+    make = BatchMaker(images, classes, config, latent_shape(components, RESOLUTION), 1000, 0)
+    seconds = []
+    for step in range(steps):
+        start = time.perf_counter()
+        float(step_fn(*[ms.Tensor(x) for x in make(step)]).asnumpy())
+        seconds.append(time.perf_counter() - start)
+    return summarise(seconds)
+
+
+def bench_sample(model: str, steps: int) -> dict:
+    from dreambooth_nb.infer import generate, load_pipeline
+
+    pipe = load_pipeline(model, scheduler="PNDMScheduler")
+    seconds = []
+    for i in range(1 + 3):
+        start = time.perf_counter()
+        generate(pipe, ["a photo of sks person"], [i], num_inference_steps=steps)
+        seconds.append(time.perf_counter() - start)
+    return {"first_s": round(seconds[0], 3), "steady_s": round(float(np.median(seconds[1:])), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["train", "sample"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--photos")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prior", action="store_true")
+    parser.add_argument("--steps", type=int, default=25)
+    args = parser.parse_args()
+    import dreambooth_nb as db
+
+    db.setup(device="CPU", show=False)
+    if args.task == "train":
+        result = bench_train(args.model, args.photos, args.batch, args.prior)
+    else:
+        result = bench_sample(args.model, args.steps)
+    report({"framework": "mindspore", **vars(args), **result})
+
+
+if __name__ == "__main__":
+    main()

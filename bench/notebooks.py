@@ -1,0 +1,68 @@
+"""Wall time and peak kernel memory of each notebook under nbval (fast profile), and of the whole suite.
+
+    python bench/notebooks.py [notebooks/NN_name.ipynb ...]
+
+Each notebook runs in its own `pytest --nbval-lax` process; a sampler thread records the largest resident
+memory of any process in that tree (the Jupyter kernel is the largest). Targets: <= 180 s and <= 2048 MB each,
+<= 900 s for the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S, TARGET_MB, SUITE_S = 180, 2048, 900
+
+
+def tree_peak_rss(proc: subprocess.Popen, peak: list[float], stop: threading.Event) -> None:
+    """Poll the process tree every 0.2 s and keep the largest single-process RSS (MB) in peak[0]."""
+    root = psutil.Process(proc.pid)
+    while not stop.is_set():
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                peak[0] = max(peak[0], p.memory_info().rss / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+
+
+def run_notebook(path: Path) -> tuple[float, float, int]:
+    """(seconds, peak MB, pytest exit code) for one notebook."""
+    env = {**os.environ, "DREAMBOOTH_NB_FAST": "1", "GLOG_v": "3"}
+    cmd = [sys.executable, "-m", "pytest", str(path), "--nbval-lax", "--nbval-current-env", "-q", "-p", "no:cacheprovider"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak, stop = [0.0], threading.Event()
+    sampler = threading.Thread(target=tree_peak_rss, args=(proc, peak, stop), daemon=True)
+    sampler.start()
+    code = proc.wait()
+    stop.set()
+    sampler.join()
+    return time.perf_counter() - start, peak[0], code
+
+
+def main(paths: list[str]) -> int:
+    notebooks = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    total, failures = 0.0, 0
+    print(f"{'notebook':<36} {'time':>8} {'peak RSS':>10}  verdict")
+    for nb in notebooks:
+        seconds, mb, code = run_notebook(nb)
+        total += seconds
+        ok = code == 0 and seconds <= TARGET_S and mb <= TARGET_MB
+        failures += not ok
+        verdict = "ok" if ok else ("FAILED" if code else "over target")
+        print(f"{nb.name:<36} {seconds:7.0f}s {mb:8.0f} MB  {verdict}", flush=True)
+    print(f"{'whole suite (notebooks)':<36} {total:7.0f}s {'':>10}  {'ok' if total <= SUITE_S else 'over target'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
