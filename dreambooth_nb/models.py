@@ -168,7 +168,14 @@ def tiny_model_path(rebuild: bool = False) -> Path:
     return path
 
 
-EMBEDDED_MODELS = {TINY_MODEL: tiny_model_path}
+def toy_world_path() -> Path:
+    """The committed toy-world model of chapter 06: a small SD pretrained on coloured shapes."""
+    from .toyworld import toy_model_path
+
+    return toy_model_path()
+
+
+EMBEDDED_MODELS = {TINY_MODEL: tiny_model_path, "toy-world": toy_world_path}
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
@@ -262,3 +269,163 @@ def tokenize(tokenizer, prompts: list[str] | str, max_length: int | None = None)
         max_length=max_length or tokenizer.model_max_length, return_tensors="np",
     ).input_ids
     return ids.astype(np.int32)
+
+
+# ------------------------------------------------------------ chapter 02: looking at the pieces
+@dataclass(repr=False)
+class TokenTable:
+    """How a prompt becomes token ids: each token as a string, next to its id."""
+
+    prompt: str
+    tokens: list
+    ids: list
+    padded_length: int
+
+    def rows(self) -> list[tuple[int, str, int]]:
+        return list(zip(range(len(self.ids)), self.tokens, self.ids))
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        lines = [f"{i:>3}  {tok:<20} {tid}" for i, tok, tid in self.rows()]
+        return "\n".join([f"{self.prompt!r}: {len(self.ids)} tokens, padded to {self.padded_length}", *lines])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = "".join(f"<td><code>{html.escape(t)}</code><br><small>{i}</small></td>" for _, t, i in self.rows())
+        return (f"<p>{html.escape(repr(self.prompt))}: {len(self.ids)} tokens (then padded to "
+                f"{self.padded_length})</p><table><tr>{cells}</tr></table>")
+
+
+def prompt_tokens(tokenizer, prompt: str) -> TokenTable:
+    """The prompt's tokens as strings with their ids, start and end markers included, before padding."""
+    ids = list(tokenizer(prompt).input_ids)
+    return TokenTable(prompt, tokenizer.convert_ids_to_tokens(ids), ids, tokenizer.model_max_length)
+
+
+def encode_prompt(components: Components, prompt: str):
+    """The text encoder's output for one prompt (a compiled call): a (1, length, width) NumPy array."""
+    import mindspore as ms
+
+    ids = ms.Tensor(tokenize(components.tokenizer, prompt))
+    return components.text_encoder(ids)[0].asnumpy()
+
+
+def model_resolution(components: Components) -> int:
+    """The image size the model was built for: UNet sample size x the VAE's downsampling factor."""
+    factor = 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+    return int(components.unet.config.sample_size * factor)
+
+
+def vae_cells(vae):
+    """Two Cells, compiled on first call in GRAPH mode: pixels -> scaled latents (the mean) and back."""
+    from mindspore import nn, ops
+
+    scale = float(vae.config.scaling_factor)
+
+    class Encode(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.vae = vae
+
+        def construct(self, pixels):
+            mean, _ = ops.chunk(self.vae.encode(pixels)[0], 2, axis=1)
+            return mean * scale
+
+    class Decode(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.vae = vae
+
+        def construct(self, latents):
+            return self.vae.decode(latents / scale)[0]
+
+    return Encode(), Decode()
+
+
+@dataclass(repr=False)
+class RoundTrip:
+    """A photo, its VAE latents and the VAE's reconstruction of it."""
+
+    image: Any
+    latents: Any  # (channels, h, w) NumPy array
+    reconstruction: Any
+
+    def panels(self) -> tuple[list, list[str]]:
+        """Pictures and titles: photo, each latent channel (rescaled to [0, 1], shown as a heat map), reconstruction."""
+        import numpy as np
+
+        lo, hi = self.latents.min(axis=(1, 2), keepdims=True), self.latents.max(axis=(1, 2), keepdims=True)
+        channels = list((self.latents - lo) / np.maximum(hi - lo, 1e-8))
+        h, w = self.latents.shape[1:]
+        titles = [f"photo {self.image.width}x{self.image.height}"]
+        titles += [f"latent {i} ({h}x{w})" for i in range(len(channels))] + ["decoded"]
+        return [self.image, *channels, self.reconstruction], titles
+
+    def __repr__(self) -> str:
+        return f"RoundTrip(photo {self.image.size}, latents {self.latents.shape}, decoded {self.reconstruction.size})"
+
+    def show(self):
+        from .viz import show_images
+
+        images, titles = self.panels()
+        return show_images(images, titles=titles, ncols=len(images))
+
+
+def vae_round_trip(components: Components, image, resolution: int | None = None) -> RoundTrip:
+    """Encode a photo to latents and decode it again with the model's VAE (compiled calls)."""
+    import mindspore as ms
+
+    from . import data
+    from .viz import to_pil
+
+    if components.vae is None:
+        raise ValueError(f"{components.source} has no VAE (no vae/ folder): its UNet works on pixels directly.")
+    resolution = resolution or model_resolution(components)
+    photo = data.crop(data.resize_shorter(image, resolution), resolution)
+    encode, decode = vae_cells(components.vae)
+    latents = encode(ms.Tensor(data.normalize(photo)[None]))
+    decoded = decode(latents).asnumpy()[0]
+    return RoundTrip(photo, latents.asnumpy()[0], to_pil(data.denormalize(decoded)))
+
+
+def alphas_cumprod(scheduler):
+    """ᾱ_t of the noise schedule as a NumPy array: the share of signal variance left at step t."""
+    import numpy as np
+
+    values = scheduler.alphas_cumprod
+    return np.asarray(values.asnumpy() if hasattr(values, "asnumpy") else values, dtype=np.float64)
+
+
+def plot_noise_schedule(scheduler, ax=None):
+    """Signal √ᾱ_t and noise √(1-ᾱ_t) against the timestep t; returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    a = alphas_cumprod(scheduler)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.sqrt(a), label="signal  √ᾱ_t")
+    ax.plot(np.sqrt(1 - a), label="noise  √(1-ᾱ_t)")
+    ax.plot(a, "--", label="ᾱ_t")
+    ax.set_xlabel("timestep t")
+    ax.set_title(f"{type(scheduler).__name__}: {scheduler.config.beta_schedule}, {len(a)} steps")
+    ax.legend()
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def noised_versions(components: Components, image, timesteps, seed: int = 0, resolution: int | None = None) -> list:
+    """The photo as the forward process makes it at each timestep: √ᾱ_t·x + √(1-ᾱ_t)·ε (one ε, in pixels)."""
+    import numpy as np
+
+    from . import data
+    from .viz import to_pil
+
+    resolution = resolution or model_resolution(components)
+    x = data.normalize(data.crop(data.resize_shorter(image, resolution), resolution))
+    noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    a = alphas_cumprod(components.noise_scheduler)
+    return [to_pil(data.denormalize(np.sqrt(a[t]) * x + np.sqrt(1 - a[t]) * noise)) for t in timesteps]

@@ -65,8 +65,12 @@ def save_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # an interrupt or a full disk leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
