@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +11,16 @@ import numpy as np
 
 from .runtime import import_quietly
 
+INFERENCE_STEPS = 25  # denoising steps per image
+FAST_INFERENCE_STEPS = 10  # under DREAMBOOTH_NB_FAST=1
 SCHEDULERS = ("DPMSolverMultistepScheduler", "PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
+
+
+def inference_steps() -> int:
+    """Denoising steps for this chapter's samples: fewer under DREAMBOOTH_NB_FAST=1."""
+    from .runtime import fast_profile
+
+    return FAST_INFERENCE_STEPS if fast_profile() else INFERENCE_STEPS
 
 
 def with_scheduler(pipe, name: str = "DPMSolverMultistepScheduler"):
@@ -22,26 +32,63 @@ def with_scheduler(pipe, name: str = "DPMSolverMultistepScheduler"):
     return pipe
 
 
-def pipeline_from_components(components, scheduler: str = "PNDMScheduler"):
+def pipeline_from_components(components, scheduler: str = "PNDMScheduler", skip_text_encoder: bool = False):
     """A StableDiffusionPipeline sharing the given networks (no copy): for sampling during or after training."""
     diffusers = import_quietly("mindone.diffusers")
     base = getattr(diffusers, scheduler).from_config(components.noise_scheduler.config)
     return diffusers.StableDiffusionPipeline(
-        unet=components.unet, vae=components.vae, text_encoder=components.text_encoder,
+        unet=components.unet, vae=components.vae, text_encoder=None if skip_text_encoder else components.text_encoder,
         tokenizer=components.tokenizer, scheduler=base, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
 
 
+def training_settings(folder: str | os.PathLike) -> dict:
+    """The TrainConfig values a training run saved next to its model (train_config.json, or a checkpoint's state.json)."""
+    import json
+
+    folder = Path(folder)
+    for path, key in ((folder / "train_config.json", None), (folder / "state.json", "config")):
+        if path.is_file():
+            values = json.loads(path.read_text(encoding="utf-8"))
+            return values[key] if key else values
+    return {}
+
+
 def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = "DPMSolverMultistepScheduler"):
-    """A StableDiffusionPipeline from a hub id, a folder (e.g. a training output_dir) or an embedded name."""
-    from .models import resolve_model
+    """A StableDiffusionPipeline from a hub id, a folder (a training output_dir or one of its checkpoint-N), or an embedded name.
+
+    A checkpoint holds only the trained networks, so the rest comes from the base model it was trained
+    from; so does the text encoder of a model saved with --skip_save_text_encoder.
+    """
+    from .models import resolve_model, text_encoder_class
 
     diffusers = import_quietly("mindone.diffusers")
-    source = resolve_model(model)
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(source)
+    folder = Path(str(model)) if model is not None else None
+    settings = training_settings(folder) if folder is not None and folder.is_dir() else {}
+    if settings and not (folder / "model_index.json").is_file():
+        pipe = pipeline_from_components(checkpoint_components(folder, settings["pretrained_model_name_or_path"]))
+    elif settings and not (folder / "text_encoder").is_dir():
+        base = resolve_model(settings["pretrained_model_name_or_path"])
+        text_encoder = text_encoder_class(base).from_pretrained(base, subfolder="text_encoder")
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), text_encoder=text_encoder)
+    else:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(resolve_model(model))
     pipe.set_progress_bar_config(disable=True)
     return with_scheduler(pipe, scheduler)
+
+
+def checkpoint_components(folder: Path, base_model: str):
+    """The base model's components with the networks found in `folder` (unet/, text_encoder/) swapped in."""
+    from .models import load_components
+
+    diffusers = import_quietly("mindone.diffusers")
+    components = load_components(base_model)
+    if (folder / "unet").is_dir():
+        components.unet = diffusers.UNet2DConditionModel.from_pretrained(str(folder / "unet"))
+    if (folder / "text_encoder").is_dir():
+        components.text_encoder = type(components.text_encoder).from_pretrained(str(folder / "text_encoder"))
+    return components
 
 
 def default_size(pipe) -> int:
@@ -74,3 +121,66 @@ def save_images(images: Sequence, folder: str | os.PathLike, prefix: str = "imag
     from .viz import save_atomic
 
     return [save_atomic(im, Path(folder) / f"{prefix}-{i:03d}.png") for i, im in enumerate(images)]
+
+
+# ------------------------------------------------------------------ chapter 05: before and after
+@dataclass(repr=False)
+class Comparison:
+    """The same prompts and seeds sampled from two models: `before` (base) and `after` (fine-tuned)."""
+
+    prompts: list
+    seeds: list
+    before: list
+    after: list
+
+    def grid(self):
+        """One PIL picture: the base model's images on the top row, the fine-tuned model's below."""
+        from .viz import image_grid
+
+        return image_grid(self.before + self.after, ncols=len(self.prompts))
+
+    def show(self, scale: float = 2.0):
+        """Both rows with titles (prompt and seed on top, 'fine-tuned' below); returns the figure."""
+        from .viz import show_images
+
+        titles = [f"base · seed {s}\n{p}" for p, s in zip(self.prompts, self.seeds)]
+        titles += ["fine-tuned"] * len(self.after)
+        return show_images(self.before + self.after, titles=titles, ncols=len(self.prompts), scale=scale)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write before/after images and the grid (before_after.png) into `folder`; returns the grid's path."""
+        from .viz import save_atomic
+
+        save_images(self.before, folder, "base")
+        save_images(self.after, folder, "tuned")
+        return save_atomic(self.grid(), Path(folder) / "before_after.png")
+
+    def __repr__(self) -> str:
+        return f"Comparison({len(self.prompts)} prompts x 2 models, seeds {self.seeds})"
+
+
+def as_pipeline(model, scheduler: str = "DPMSolverMultistepScheduler"):
+    """A pipeline as it is, or loaded from a name or folder."""
+    return model if hasattr(model, "unet") else load_pipeline(model, scheduler)
+
+
+def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | int = 0, **sampling) -> Comparison:
+    """Sample the same prompts with the same seeds from the base and the fine-tuned model (pipelines, names or folders)."""
+    prompts = list(prompts)
+    seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
+    before = generate(as_pipeline(base), prompts, seeds, **sampling)
+    after = generate(as_pipeline(tuned), prompts, seeds, **sampling)
+    return Comparison(prompts, seeds, before, after)
+
+
+def trained_model(output_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Chapter 04's fine-tuned model folder; when it is missing, a short run with chapter 04's settings makes it."""
+    from .models import is_diffusers_folder
+    from .train import train_dreambooth, tutorial_config
+
+    config = tutorial_config(**({"output_dir": str(output_dir)} if output_dir else {}))
+    folder = Path(config.output_dir)
+    if not is_diffusers_folder(folder):
+        print(f"{folder} has no trained model yet: training one with chapter 04's settings ...")
+        train_dreambooth(config, progress=progress)
+    return folder

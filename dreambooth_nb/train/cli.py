@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from .config import ConfigError, TrainConfig
 
@@ -51,19 +53,28 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
     return TrainConfig(**values), namespace
 
 
+def raise_keyboard_interrupt(signum, frame) -> None:
+    """SIGTERM handler: stop like Ctrl-C, so the engine writes a checkpoint before the process ends."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Validate the flags, set up MindSpore, train, and say where the model went."""
+    """Validate the flags, set up MindSpore, train, and say where the model went (exit 2 on a user mistake)."""
     config, namespace = parse_config(argv)
     try:
         config.validate()
     except ConfigError as err:
-        print(f"error: these flags cannot work together:\n{err}", file=sys.stderr)
+        print(f"error: these flags cannot work (nothing was started):\n{err}", file=sys.stderr)
         return 2
+    for note in config.notes():
+        print(f"warning: {note}", file=sys.stderr)
     from .. import runtime
     from .engine import train_dreambooth
 
-    runtime.setup(device=namespace.device, seed=config.seed or 0)
-    result = train_dreambooth(config)
-    state = "interrupted at step" if result.interrupted else "finished after"
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    with runtime.friendly_errors(Path(config.output_dir) / "error.log"):
+        runtime.setup(device=namespace.device, seed=config.seed or 0)
+        result = train_dreambooth(config)
+    state = "interrupted after" if result.interrupted else "finished after"
     print(f"{state} {result.steps} steps; model saved in {result.output_dir}")
     return 130 if result.interrupted else 0

@@ -134,12 +134,37 @@ class TrainConfig:
                 args.append(f"--{name}={value}")
         return args
 
+    def command(self) -> str:
+        """The shell command that runs this config: `python -m dreambooth_nb.train --flag=value ...`."""
+        import shlex
+
+        return shlex.join(["python", "-m", "dreambooth_nb.train", *self.to_args()])
+
     def validate(self) -> "TrainConfig":
         """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
         problems = [p for check in _CHECKS for p in check(self)]
         if problems:
             raise ConfigError(problems)
         return self
+
+    def notes(self) -> list[str]:
+        """Settings that work but probably do not do what was meant (printed as warnings, like the reference)."""
+        out = []
+        if not self.with_prior_preservation:
+            out += [f"--{n} is ignored without --with_prior_preservation." for n in ("class_data_dir", "class_prompt")
+                    if getattr(self, n)]
+        if self.max_train_steps and self.lr_warmup_steps >= self.max_train_steps and self.lr_scheduler != "constant":
+            out.append(f"--lr_warmup_steps={self.lr_warmup_steps} is not below --max_train_steps={self.max_train_steps}: "
+                       "the learning rate never leaves warmup.")
+        if (self.hub_token or self.hub_model_id) and not self.push_to_hub:
+            out.append("--hub_token/--hub_model_id are only used with --push_to_hub (which is not supported); ignored.")
+        return out
+
+    def learning_rate_for(self, world_size: int = 1) -> float:
+        """The peak learning rate: learning_rate, times devices x accumulation x batch size with --scale_lr."""
+        if not self.scale_lr:
+            return self.learning_rate
+        return self.learning_rate * world_size * self.gradient_accumulation_steps * self.train_batch_size
 
 
 def _default(f: dataclasses.Field):
@@ -155,6 +180,26 @@ def fast(config: TrainConfig) -> TrainConfig:
         max_train_steps=steps, num_class_images=min(config.num_class_images, 4),
         validation_steps=max(steps, 1), checkpointing_steps=min(config.checkpointing_steps, max(steps // 2, 1)),
     )
+
+
+TUTORIAL_OUTPUT = "outputs/04-training/model"
+
+
+def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
+    """Chapter 04's run: the offline sample subject on the embedded model, a few minutes on a CPU (seconds when fast).
+
+    with_prior=True adds prior preservation with chapter 03's class images.
+    """
+    from ..data import sample_config
+
+    settings = dict(
+        output_dir=TUTORIAL_OUTPUT, max_train_steps=200, learning_rate=1e-4, lr_warmup_steps=0,
+        checkpointing_steps=50, checkpoints_total_limit=2, validation_prompt="a photo of sks person on the beach",
+        num_validation_images=2, validation_steps=100, report_to="tensorboard",
+    )
+    if not with_prior:  # no class settings on the command line when they would be ignored
+        settings.update(class_prompt=None, class_data_dir=None)
+    return sample_config(with_prior, **{**settings, **changes})
 
 
 # ---------------------------------------------------------------------- checks
@@ -176,6 +221,22 @@ def _check_positive(c: TrainConfig) -> list[str]:
         out.append(f"--max_grad_norm={c.max_grad_norm} cannot be negative (0 turns clipping off).")
     if c.snr_gamma is not None and c.snr_gamma <= 0:
         out.append(f"--snr_gamma={c.snr_gamma} must be above 0 (5.0 is typical), or left out.")
+    if c.seed is not None and c.seed < 0:
+        out.append(f"--seed={c.seed} cannot be negative (any whole number from 0 works).")
+    return out
+
+
+def _check_optimizer(c: TrainConfig) -> list[str]:
+    out = [f"--{n}={getattr(c, n)} must be in [0, 1) (0.9 and 0.999 are the usual values)."
+           for n in ("adam_beta1", "adam_beta2") if not 0 <= getattr(c, n) < 1]
+    if c.adam_epsilon <= 0:
+        out.append(f"--adam_epsilon={c.adam_epsilon} must be above 0 (1e-8 is usual).")
+    if c.adam_weight_decay < 0:
+        out.append(f"--adam_weight_decay={c.adam_weight_decay} cannot be negative (1e-2 is the default).")
+    if c.lr_num_cycles < 1:
+        out.append(f"--lr_num_cycles={c.lr_num_cycles} must be at least 1.")
+    if c.lr_power <= 0:
+        out.append(f"--lr_power={c.lr_power} must be above 0 (1.0 is a straight line).")
     return out
 
 
@@ -238,9 +299,22 @@ def _check_unsupported(c: TrainConfig) -> list[str]:
     if c.class_labels_conditioning not in (None, "timesteps"):
         out.append("--class_labels_conditioning only takes 'timesteps'.")
     if c.report_to not in ("tensorboard", "none"):
-        out.append(f"--report_to={c.report_to!r}: only 'tensorboard' or 'none' work here.")
+        out.append(f"--report_to={c.report_to!r}: only 'tensorboard' or 'none' work here (wandb and comet_ml need a network).")
+    if c.validation_images:
+        out.append("--validation_images is for image-conditioned pipelines; Stable Diffusion text-to-image takes none: "
+                   "remove it and set --validation_prompt.")
     return out
 
 
-_CHECKS = (_check_positive, _check_resolution, _check_choices, _check_prior, _check_prompts,
-           _check_text_encoder, _check_paths, _check_unsupported)
+def _check_distributed(c: TrainConfig) -> list[str]:
+    from .distributed import launched_by_launcher
+
+    if c.distributed and not launched_by_launcher():
+        return ["--distributed needs one process per device started by msrun, e.g. "
+                "`msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --log_dir=msrun_log --join=True "
+                "python -m dreambooth_nb.train --distributed ...`; or drop --distributed to train in this process."]
+    return []
+
+
+_CHECKS = (_check_positive, _check_optimizer, _check_resolution, _check_choices, _check_prior, _check_prompts,
+           _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)

@@ -1,8 +1,14 @@
-"""The training engine: one compiled step, the loop around it, and the saved result."""
+"""The training engine: the compiled step, the loop around it, checkpoints, and the saved result."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
+import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,25 +17,53 @@ import numpy as np
 
 from .. import data, runtime
 from ..models import Components, load_components
+from . import checkpoint as ckpt
 from .config import TrainConfig
+from .distributed import DIGEST_DIR, World, barrier, current_world, grad_reducer
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
-    """What a training run leaves: where the model is and the loss of every step."""
+    """What a training run leaves: where the model is, the loss of every step, checkpoints and validation images."""
 
     output_dir: Path
     history: list = field(default_factory=list)
     steps: int = 0
     interrupted: bool = False
+    resumed_from: Path | None = None
+    checkpoints: list = field(default_factory=list)
+    validation: dict = field(default_factory=dict)  # step -> saved image paths
+    step_seconds: list = field(default_factory=list)  # wall time of each step run here (the first compiles)
 
     def plot(self, ax=None):
         from ..viz import plot_loss
 
         return plot_loss(self.history, ax)
 
+    def rows(self) -> list[tuple[str, str]]:
+        times = self.step_seconds
+        rows = [("output_dir", str(self.output_dir)), ("steps done", str(self.steps)),
+                ("stopped early", "yes (interrupted)" if self.interrupted else "no"),
+                ("resumed from", self.resumed_from.name if self.resumed_from else "-"),
+                ("final loss", f"{self.history[-1]:.4f}" if self.history else "-"),
+                ("checkpoints written", ", ".join(p.name for p in self.checkpoints) or "-")]
+        if times:
+            rows.append(("first step (compiles)", f"{times[0]:.1f} s"))
+        if len(times) > 1:
+            rows.append(("later steps (median)", f"{float(np.median(times[1:])):.2f} s"))
+        return rows
 
-# ------------------------------------------------------------------------- compiled step
+    def __str__(self) -> str:
+        return "\n".join(f"{k:<22} {v}" for k, v in self.rows())
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return "<table>" + "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.rows()) + "</table>"
+
+
+# ------------------------------------------------------------------------- optimizer and lr
 def make_optimizer(params, lr_schedule: list[float], config: TrainConfig):
     """AdamW with the adam_* flags, reading its learning rate from the per-step schedule."""
     from mindspore import nn
@@ -40,8 +74,8 @@ def make_optimizer(params, lr_schedule: list[float], config: TrainConfig):
     )
 
 
-def lr_schedule(config: TrainConfig, total_steps: int) -> list[float]:
-    """Learning rate of every step from mindone's schedulers, plus one spare entry.
+def lr_schedule(config: TrainConfig, total_steps: int, world_size: int = 1) -> list[float]:
+    """Learning rate of every optimizer step from mindone's schedulers, plus one spare entry.
 
     mindone 0.3.0 returns exactly `total_steps` values and the optimizer reads index `total_steps`
     after the last update; CPU kernels bounds-check that read, so one extra value is appended.
@@ -49,39 +83,17 @@ def lr_schedule(config: TrainConfig, total_steps: int) -> list[float]:
     from mindone.diffusers.optimization import get_scheduler
 
     values = get_scheduler(
-        config.lr_scheduler, lr=config.learning_rate, num_warmup_steps=config.lr_warmup_steps,
+        config.lr_scheduler, lr=config.learning_rate_for(world_size), num_warmup_steps=config.lr_warmup_steps,
         num_training_steps=total_steps, num_cycles=config.lr_num_cycles, power=config.lr_power,
     )
     values = [float(v) for v in values]
     return values + values[-1:]
 
 
-def make_train_step(loss_net, optimizer, max_grad_norm: float):
-    """A Cell that computes the loss, its gradients, clips them and updates the weights: compiled as one graph."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class TrainStep(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.loss_net, self.optimizer = loss_net, optimizer
-            self.grad_fn = ms.value_and_grad(loss_net, None, optimizer.parameters)
-            self.max_grad_norm = max_grad_norm
-
-        def construct(self, *inputs):
-            loss, grads = self.grad_fn(*inputs)
-            if self.max_grad_norm > 0:
-                grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
-            self.optimizer(grads)
-            return loss
-
-    return TrainStep()
-
-
 # ------------------------------------------------------------------------------ batches
 @dataclass
 class BatchMaker:
-    """Makes step k's inputs on the host from (seed, k) alone: resuming needs only the step number."""
+    """Makes micro-batch k's inputs on the host from (seed, k) alone: resuming needs only the step number."""
 
     instance: data.ImageSet
     classes: data.ImageSet | None
@@ -91,25 +103,32 @@ class BatchMaker:
     seed: int
     rank: int = 0
     world: int = 1
+    embeddings: tuple | None = None  # pre-computed text embeddings (instance, class) replace the token ids
+
+    def halves(self) -> list[tuple[data.ImageSet, int, np.ndarray | None]]:
+        """(images, seed, pre-computed embedding) of the instance half and, with prior preservation, the class half."""
+        embeds = self.embeddings or (None, None)
+        out = [(self.instance, self.seed, embeds[0])]
+        if self.classes is not None:
+            out.append((self.classes, self.seed + 1, embeds[1]))
+        return out
 
     def __call__(self, step: int) -> tuple[np.ndarray, ...]:
         c = self.config
         rng = np.random.default_rng([self.seed, step, 1, self.rank])
-        idx = data.batch_indices(len(self.instance), c.train_batch_size, self.seed, step, self.rank, self.world)
-        pixels = [data.make_pixels(self.instance, idx, c.resolution, c.center_crop, rng)]
-        ids = [np.repeat(self.instance.input_ids, len(idx), axis=0)]
-        if self.classes is not None:
-            cidx = data.batch_indices(len(self.classes), c.train_batch_size, self.seed + 1, step, self.rank, self.world)
-            pixels.append(data.make_pixels(self.classes, cidx, c.resolution, c.center_crop, rng))
-            ids.append(np.repeat(self.classes.input_ids, len(cidx), axis=0))
-        pixels, ids = np.concatenate(pixels), np.concatenate(ids)
+        pixels, ids, masks = [], [], []
+        for images, seed, embedding in self.halves():
+            idx = data.batch_indices(len(images), c.train_batch_size, seed, step, self.rank, self.world)
+            pixels.append(data.make_pixels(images, idx, c.resolution, c.center_crop, rng))
+            masks.append(np.repeat((images.input_ids != 0).astype(np.int32), len(idx), axis=0))
+            ids.append(np.repeat(images.input_ids if embedding is None else embedding, len(idx), axis=0))
+        pixels, ids, mask = np.concatenate(pixels), np.concatenate(ids), np.concatenate(masks)
         n = len(pixels)
         vae_noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
         noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
         if c.offset_noise:
             noise += 0.1 * rng.standard_normal((n, self.latent_shape[0], 1, 1), dtype=np.float32)
         timesteps = rng.integers(0, self.num_timesteps, (n,)).astype(np.int32)
-        mask = (ids != 0).astype(np.int32)
         return pixels, ids, mask, vae_noise, noise, timesteps
 
 
@@ -120,7 +139,7 @@ def latent_shape(components: Components, resolution: int) -> tuple[int, int, int
 
 
 def total_steps(config: TrainConfig, num_images: int, world: int = 1) -> int:
-    """max_train_steps, or the epochs' worth of full batches."""
+    """max_train_steps, or the epochs' worth of optimizer steps (full batches only)."""
     if config.max_train_steps:
         return config.max_train_steps
     per_epoch = math.ceil(num_images / (config.train_batch_size * world * config.gradient_accumulation_steps))
@@ -143,8 +162,11 @@ def freeze(net) -> None:
         p.requires_grad = False
 
 
-def load_training_data(config: TrainConfig, components: Components):
-    """Instance images (offline samples when no folder is given) and, with prior preservation, class images."""
+def load_training_data(config: TrainConfig, components: Components, world: World = World()):
+    """Instance images (offline samples when no folder is given) and, with prior preservation, class images.
+
+    Missing class images are made by rank 0 alone; the other workers wait, then read them.
+    """
     folder = config.instance_data_dir or data.sample_photos_dir()
     max_len = config.tokenizer_max_length
     instance = data.load_image_set(folder, config.instance_prompt, components.tokenizer, config.resolution, max_length=max_len)
@@ -152,83 +174,406 @@ def load_training_data(config: TrainConfig, components: Components):
     if config.with_prior_preservation:
         from ..prior import ensure_class_images
 
-        ensure_class_images(config, components)
+        if world.main:
+            ensure_class_images(config, components)
+        barrier(world)
         classes = data.load_image_set(config.class_data_dir, config.class_prompt, components.tokenizer,
                                       config.resolution, limit=config.num_class_images, max_length=max_len)
     return instance, classes
 
 
-def build_step(config: TrainConfig, components: Components, steps: int):
-    """The compiled train step for these components and settings."""
+def text_embeddings(components: Components, image_sets, use_mask: bool) -> tuple:
+    """The frozen text encoder's output for each set's prompt (pre_compute_text_embeddings), as NumPy arrays."""
+    import mindspore as ms
+
+    out = []
+    for images in image_sets:
+        ids = images.input_ids
+        mask = ms.Tensor((ids != 0).astype(np.int32)) if use_mask else None
+        out.append(components.text_encoder(ms.Tensor(ids), attention_mask=mask)[0].asnumpy())
+    return tuple(out)
+
+
+def loss_network(config: TrainConfig, components: Components, precomputed: bool = False):
+    """The DreamBoothLoss Cell for these components and settings (also used by chapter 03 to show the loss)."""
     from .losses import DreamBoothLoss
 
-    freeze(components.vae)
-    if not config.train_text_encoder:
-        freeze(components.text_encoder)
-    components.unet.set_train(True)
-    if config.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-    params = list(components.unet.trainable_params())
-    if config.train_text_encoder:
-        components.text_encoder.set_train(True)
-        params += list(components.text_encoder.trainable_params())
     sched = components.noise_scheduler
-    loss_net = DreamBoothLoss(
-        components.unet, components.vae, components.text_encoder, as_numpy(sched.alphas_cumprod),
+    return DreamBoothLoss(
+        components.unet, components.vae, None if precomputed else components.text_encoder,
+        as_numpy(sched.alphas_cumprod),
         components.vae.config.scaling_factor if components.vae is not None else 1.0,
         sched.config.prediction_type, config.with_prior_preservation, config.prior_loss_weight,
         config.snr_gamma, config.train_text_encoder, config.text_encoder_use_attention_mask,
         config.class_labels_conditioning,
     )
-    optimizer = make_optimizer(params, lr_schedule(config, steps), config)
-    return make_train_step(loss_net, optimizer, config.max_grad_norm), optimizer
 
 
-# ---------------------------------------------------------------------------------- loop
+# ------------------------------------------------------------------------- devices and precision
+@dataclass(frozen=True)
+class Precision:
+    """Compute dtype for the networks and the static loss scale (fp16 needs one), or fp32."""
+
+    dtype: str | None = None  # "float16", "bfloat16", or None for float32
+    loss_scale: float = 1.0
+
+
+def precision_for(mixed_precision: str | None, device: str) -> Precision:
+    """fp16/bf16 on Ascend (and GPU) as the reference script does; fp32 on CPU, with a one-line warning."""
+    if mixed_precision in (None, "no"):
+        return Precision()
+    if device == "CPU":
+        warn(f"--mixed_precision={mixed_precision} needs an Ascend NPU; training in fp32 on CPU.")
+        return Precision()
+    if mixed_precision == "fp16":
+        return Precision("float16", 65536.0)  # the reference's StaticLossScaler(65536)
+    return Precision("bfloat16")
+
+
+def apply_precision(components: Components, precision: Precision, train_text_encoder: bool) -> None:
+    """As the reference: frozen networks stored in the compute dtype; trained ones keep fp32 weights and compute in it."""
+    if precision.dtype is None:
+        return
+    import mindspore as ms
+
+    dtype = getattr(ms, precision.dtype)
+    if components.vae is not None:
+        components.vae.to(dtype)
+    components.unet.to_float(dtype)
+    if train_text_encoder:
+        components.text_encoder.to_float(dtype)
+    else:
+        components.text_encoder.to(dtype)
+
+
+def use_data_sink(requested: bool, device: str) -> bool:
+    """MindSpore data sinking works on Ascend only: warn and feed batches from the host elsewhere."""
+    if requested and device != "Ascend":
+        warn(f"--enable_mindspore_data_sink works on Ascend only; ignored on {device}.")
+        return False
+    return requested
+
+
+# --------------------------------------------------------------------------------- the trainer
+@dataclass
+class Trainer:
+    """The compiled cells of one run, the optimizer they update and the networks being trained."""
+
+    step_cell: object
+    apply_cell: object | None
+    optimizer: object
+    schedule: list
+    nets: dict  # folder name in checkpoints -> trained network
+    accumulation: int = 1
+    sink: Callable | None = None
+
+    def optimizer_steps(self) -> int:
+        """Updates applied so far (the optimizer's own counter, also the lr schedule's position)."""
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+    def run(self, make_batch: BatchMaker, step: int) -> float:
+        """One optimizer step: `accumulation` micro-batches, then the update; returns the mean loss."""
+        import mindspore as ms
+
+        losses = []
+        for micro in range(self.accumulation):
+            if self.sink is not None:
+                loss = self.sink()
+            else:
+                loss = self.step_cell(*[ms.Tensor(x) for x in make_batch(step * self.accumulation + micro)])
+            losses.append(float(loss.asnumpy()))
+        if self.apply_cell is not None:
+            self.apply_cell()
+        return float(np.mean(losses))
+
+    def reset(self) -> None:
+        """Forget the optimizer's state (moments, step) and any accumulated gradients: a fresh start, same graph."""
+        import mindspore as ms
+
+        buffer = getattr(self.step_cell, "buffer", None) or ()
+        for p in (*self.optimizer.moments1, *self.optimizer.moments2, *buffer):
+            p.set_data(ms.Tensor(np.zeros(p.shape, np.float32), dtype=p.dtype))
+        self.optimizer.global_step.set_data(ms.Tensor(np.zeros(self.optimizer.global_step.shape, np.int32)))
+
+
+def trainable_networks(config: TrainConfig, components: Components) -> dict:
+    """The networks this run trains, by their folder name: the UNet, and the text encoder when asked."""
+    freeze(components.vae)
+    nets = {"unet": components.unet}
+    if config.train_text_encoder:
+        nets["text_encoder"] = components.text_encoder
+    else:
+        freeze(components.text_encoder)
+    for net in nets.values():
+        net.set_train(True)
+        for p in net.get_parameters():
+            p.requires_grad = True
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:  # mindone 0.3.0's CLIP has no switch: recompute each layer with MindSpore's own
+            for layer in components.text_encoder.text_model.encoder.layers:
+                layer.recompute()
+    return nets
+
+
+# Settings that never change the compiled step: a run differing only in these reuses the last run's graph.
+GRAPH_NEUTRAL = frozenset({
+    "output_dir", "seed", "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
+    "validation_prompt", "num_validation_images", "validation_steps", "validation_images", "validation_scheduler",
+    "logging_dir", "report_to", "instance_data_dir", "class_data_dir", "instance_prompt", "class_prompt",
+    "num_class_images", "sample_batch_size", "center_crop", "offset_noise", "dataloader_num_workers",
+    "skip_save_text_encoder", "push_to_hub", "hub_token", "hub_model_id", "prior_generation_precision",
+})
+_LAST_TRAINER: dict = {}
+
+
+def trainer_for(config: TrainConfig, components: Components, steps: int, world: World = World(),
+                precision: Precision = Precision()) -> Trainer:
+    """The last run's trainer, reset, when only graph-neutral settings changed (no second ~20 s compile); else a new one.
+
+    Reuse needs the same networks (the same `components` object): its weights are trained further
+    from where they are, exactly as a new trainer would.
+    """
+    settings = tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in GRAPH_NEUTRAL)
+    key = (id(components.unet), id(components.text_encoder), id(components.vae), steps, world, precision, settings)
+    if _LAST_TRAINER.get("key") == key:
+        trainer = _LAST_TRAINER["trainer"]
+        trainable_networks(config, components)
+        trainer.reset()
+        return trainer
+    _LAST_TRAINER.clear()  # let the previous graph and optimizer state go before building the next
+    trainer = build_trainer(config, components, steps, world, precision)
+    _LAST_TRAINER.update(key=key, trainer=trainer)
+    return trainer
+
+
+def build_trainer(config: TrainConfig, components: Components, steps: int, world: World = World(),
+                  precision: Precision = Precision()) -> Trainer:
+    """The compiled step (and accumulation) cells, the optimizer and its lr schedule for this run."""
+    from .step import make_step
+
+    nets = trainable_networks(config, components)
+    params = [p for net in nets.values() for p in net.trainable_params()]
+    schedule = lr_schedule(config, steps, world.size)
+    optimizer = make_optimizer(params, schedule, config)
+    step_cell, apply_cell = make_step(
+        loss_network(config, components, config.pre_compute_text_embeddings), optimizer, config.max_grad_norm,
+        config.gradient_accumulation_steps, grad_reducer(optimizer.parameters, world), precision.loss_scale)
+    return Trainer(step_cell, apply_cell, optimizer, schedule, nets, config.gradient_accumulation_steps)
+
+
+def sink_feed(step_cell, make_batch: BatchMaker, first: int, count: int):
+    """A data-sink callable (Ascend) that feeds micro-batches first, first+1, ... to the step cell."""
+    import mindspore as ms
+    from mindspore.dataset import GeneratorDataset
+
+    class Source:
+        def __len__(self):
+            return count
+
+        def __getitem__(self, i):
+            return make_batch(first + i)
+
+    names = ["pixels", "input_ids", "attention_mask", "vae_noise", "noise", "timesteps"]
+    return ms.data_sink(step_cell, GeneratorDataset(Source(), column_names=names, shuffle=False), sink_size=1)
+
+
+# ------------------------------------------------------------------------------ the loop
 def train_dreambooth(config: TrainConfig, components: Components | None = None, progress: bool = True,
-          on_step: Callable[[list], None] | None = None) -> TrainResult:
+                     on_step: Callable[[list], None] | None = None) -> TrainResult:
     """Fine-tune with DreamBooth as `config` says; returns the loss history and where the model went.
 
-    on_step(history) is called after every step (a LivePlot, for example).
+    on_step(history) is called after every optimizer step (a LivePlot, for example); raising
+    KeyboardInterrupt there (or pressing Stop / Ctrl-C) ends training with a checkpoint written.
     """
-    import mindspore as ms
-    from tqdm.auto import tqdm
-
     config.validate()
-    runtime.current()
+    device = runtime.current().device
+    world = current_world(config.distributed)
     seed = 0 if config.seed is None else config.seed
     runtime.seed_everything(seed)
     components = components or load_components(config.pretrained_model_name_or_path, config.revision,
                                                config.variant, config.tokenizer_name)
-    instance, classes = load_training_data(config, components)
-    steps = total_steps(config, len(instance))
-    step_fn, _ = build_step(config, components, steps)
+    precision = precision_for(config.mixed_precision, device)
+    sink = use_data_sink(config.enable_mindspore_data_sink, device)
+    set_sample_size(components, config.resolution)
+    instance, classes = load_training_data(config, components, world)
+    steps = total_steps(config, len(instance), world.size)
+    embeddings = None
+    if config.pre_compute_text_embeddings:
+        embeddings = text_embeddings(components, [s for s in (instance, classes) if s is not None],
+                                     config.text_encoder_use_attention_mask)
+    apply_precision(components, precision, config.train_text_encoder)
+    trainer = trainer_for(config, components, steps, world, precision)
     make_batch = BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
-                            components.noise_scheduler.config.num_train_timesteps, seed)
-    result = TrainResult(Path(config.output_dir))
-    bar = tqdm(range(steps), desc="training", disable=not progress, unit="step")
+                            components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size,
+                            embeddings)
+    result = resume(config, trainer, world)
+    if sink:
+        trainer.sink = sink_feed(trainer.step_cell, make_batch, result.steps * trainer.accumulation,
+                                 (steps - result.steps) * trainer.accumulation)
+    log = open_metrics(config, world, result.steps)
     try:
-        for step in bar:
-            inputs = [ms.Tensor(x) for x in make_batch(step)]
-            loss = float(step_fn(*inputs).asnumpy())
-            result.history.append(loss)
-            result.steps = step + 1
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if on_step is not None:
-                on_step(result.history)
-    except KeyboardInterrupt:
-        result.interrupted = True
+        run_loop(config, components, trainer, make_batch, steps, result, world, log, progress, on_step)
     finally:
-        bar.close()
-    save_pipeline(components, config, result.output_dir)
+        log.close()
+    if world.main:
+        save_pipeline(components, config, result.output_dir)
+    if world.size > 1:
+        write_digest(result.output_dir, world, trainer.nets)
     return result
 
 
-def save_pipeline(components: Components, config: TrainConfig, output_dir: Path) -> Path:
-    """Save the (partly trained) pipeline in diffusers layout, loadable by StableDiffusionPipeline.from_pretrained."""
-    from ..infer import pipeline_from_components
+def set_sample_size(components: Components, resolution: int) -> None:
+    """Record the training resolution in the UNet's config (as the reference does), so sampling uses it."""
+    factor = 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+    components.unet.register_to_config(sample_size=resolution // factor)
 
-    pipe = pipeline_from_components(components)
+
+def resume(config: TrainConfig, trainer: Trainer, world: World) -> TrainResult:
+    """A TrainResult starting at step 0, or at the checkpoint --resume_from_checkpoint names (state restored)."""
+    output_dir = Path(config.output_dir)
+    result = TrainResult(output_dir)
+    if world.main:
+        ckpt.remove_stale_temporaries(output_dir)
+    path = ckpt.find_checkpoint(config.resume_from_checkpoint, output_dir)
+    if path is None:
+        if config.resume_from_checkpoint:
+            _say(world, f"no checkpoint in {output_dir} yet: starting from step 0")
+        if world.main and ckpt.set_aside_checkpoints(output_dir):
+            _say(world, f"a new run: the earlier run's checkpoints were moved to {output_dir / ckpt.PREVIOUS_DIR}")
+        barrier(world)
+        return result
+    state = ckpt.load_checkpoint(path, trainer.nets, trainer.optimizer)
+    result.steps, result.history, result.resumed_from = state["step"], list(state["history"]), path
+    _say(world, f"resumed from {path} (step {result.steps})")
+    return result
+
+
+def open_metrics(config: TrainConfig, world: World, step: int):
+    """The metrics log of this run (rank 0, report_to != 'none'), cut back to `step` when resuming."""
+    from .report import MetricsLog
+
+    enabled = world.main and config.report_to != "none"
+    log = MetricsLog(Path(config.output_dir) / config.logging_dir if enabled else None)
+    log.truncate(step)
+    return log
+
+
+def run_loop(config: TrainConfig, components: Components, trainer: Trainer, make_batch: BatchMaker, steps: int,
+             result: TrainResult, world: World, log, progress: bool, on_step) -> None:
+    """Optimizer steps from result.steps to `steps`, with checkpoints, validation and logging; stops cleanly on interrupt."""
+    from tqdm.auto import tqdm
+
+    from .report import validation_images
+
+    bar = tqdm(total=steps, initial=result.steps, desc="training", unit="step", disable=not (progress and world.main))
+    try:
+        for step in range(result.steps, steps):
+            start = time.perf_counter()
+            loss = trainer.run(make_batch, step)
+            result.history.append(loss)
+            result.steps = step + 1
+            result.step_seconds.append(time.perf_counter() - start)
+            lr = trainer.schedule[step]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            log.scalars(result.steps, loss=loss, lr=lr)
+            if result.steps % config.checkpointing_steps == 0:
+                write_checkpoint(config, trainer, result, world)
+            if config.validation_prompt and result.steps % config.validation_steps == 0 and world.main:
+                images, paths = validation_images(components, config, result.steps, result.output_dir)
+                result.validation[result.steps] = paths
+                log.images(result.steps, images)
+            if on_step is not None:
+                on_step(result.history)
+    except KeyboardInterrupt:
+        stop_with_checkpoint(config, trainer, result, world)
+    finally:
+        bar.close()
+
+
+def write_checkpoint(config: TrainConfig, trainer: Trainer, result: TrainResult, world: World) -> None:
+    """checkpoint-<steps done> (rank 0 only), then drop the oldest beyond checkpoints_total_limit."""
+    if not world.main:
+        return
+    step = result.steps
+    state = {"learning_rate": trainer.schedule[min(step, len(trainer.schedule) - 1)], "seed": config.seed,
+             "history": result.history[:step], "config": dataclasses.asdict(config)}
+    result.checkpoints.append(ckpt.save_checkpoint(config.output_dir, step, trainer.nets, trainer.optimizer, state))
+    for removed in ckpt.prune_checkpoints(config.output_dir, config.checkpoints_total_limit):
+        if removed in result.checkpoints:
+            result.checkpoints.remove(removed)
+
+
+def stop_with_checkpoint(config: TrainConfig, trainer: Trainer, result: TrainResult, world: World) -> None:
+    """After an interrupt: trust the optimizer's own step counter, and checkpoint that step unless it already is."""
+    result.interrupted = True
+    done = trainer.optimizer_steps()
+    result.history = (result.history + [float("nan")] * done)[:done]
+    result.steps = done
+    latest = ckpt.find_checkpoint("latest", config.output_dir)
+    if done > 0 and (latest is None or ckpt.checkpoint_step(latest) != done):
+        write_checkpoint(config, trainer, result, world)
+    where = result.checkpoints[-1] if result.checkpoints else latest
+    _say(world, f"interrupted after step {done}; resume with resume_from_checkpoint='latest' ({where})")
+
+
+def stop_after(steps: int, on_step: Callable[[list], None] | None = None) -> Callable[[list], None]:
+    """An on_step callback that interrupts training after `steps` steps, as Ctrl-C or a Stop button would.
+
+    on_step, when given, still runs first at every step (a LivePlot, for example).
+    """
+    def stop(history: list) -> None:
+        if on_step is not None:
+            on_step(history)
+        if len(history) >= steps:
+            raise KeyboardInterrupt(f"stop_after({steps})")
+
+    return stop
+
+
+def warn(message: str) -> None:
+    """One line on stderr (a notebook shows it in red), not a Python warning with its source line."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _say(world: World, message: str) -> None:
+    if world.main:
+        print(message)
+
+
+# --------------------------------------------------------------------------------- results
+def save_pipeline(components: Components, config: TrainConfig, output_dir: Path) -> Path:
+    """Save the pipeline in diffusers layout (safetensors) into output_dir, part by part, each part atomically.
+
+    Loadable by StableDiffusionPipeline.from_pretrained(output_dir); model_index.json is moved in last.
+    With skip_save_text_encoder the text encoder is left out (infer.load_pipeline takes it from the base model).
+    """
+    from ..infer import pipeline_from_components
+    from ..models import replace_dir
+
+    pipe = pipeline_from_components(components, skip_text_encoder=config.skip_save_text_encoder)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(output_dir))
+    tmp = output_dir / f".pipeline.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(str(tmp))
+        (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1), encoding="utf-8")
+        for part in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
+            if part.is_dir():
+                replace_dir(part, output_dir / part.name)
+            else:
+                os.replace(part, output_dir / part.name)
+        if config.skip_save_text_encoder:
+            shutil.rmtree(output_dir / "text_encoder", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
+
+
+def write_digest(output_dir: Path, world: World, nets: dict) -> Path:
+    """output_dir/rank-digests/rank-<R>.json: this rank's weight digest (equal on every rank after data-parallel training)."""
+    path = output_dir / DIGEST_DIR / f"rank-{world.rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": world.rank, "world": world.size, **ckpt.weight_digest(nets)}), encoding="utf-8")
+    return path

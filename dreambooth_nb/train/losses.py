@@ -53,12 +53,13 @@ class DreamBoothLoss(nn.Cell):
         self.train_text_encoder = train_text_encoder
         self.use_attention_mask = use_attention_mask
         self.timestep_labels = class_labels_conditioning == "timesteps"
+        self.vae_dtype = next(iter(vae.get_parameters())).dtype if vae is not None else ms.float32
 
     def latents(self, pixels, vae_noise):
         """Sample VAE latents with the given noise (host-made, so a step is reproducible)."""
         if self.vae is None:
             return pixels
-        moments = self.vae.encode(pixels)[0]
+        moments = self.vae.encode(pixels.astype(self.vae_dtype))[0].astype(ms.float32)
         mean, logvar = ops.chunk(moments, 2, axis=1)
         std = ops.exp(0.5 * ops.clamp(logvar, -30.0, 20.0))
         return ops.stop_gradient((mean + std * vae_noise) * self.scaling_factor)

@@ -1,0 +1,99 @@
+"""The compiled train step: loss and gradients, accumulation, averaging across devices, clipping, AdamW.
+
+With gradient_accumulation_steps = 1 one Cell does everything (one graph, one call per step).
+With N > 1, `TrainStep` adds each micro-batch's gradients to a buffer of Parameters inside the
+graph and `ApplyAccumulated` (a second, small graph) updates the weights from the buffer once
+every N micro-batches, then clears it: the optimizer, and with it the lr schedule, counts
+optimizer steps, not micro-batches.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+_hyper_map = ops.HyperMap()
+_divide = ops.MultitypeFuncGraph("divide")
+_clear = ops.MultitypeFuncGraph("clear")
+
+
+@_divide.register("Number", "Tensor")
+def _divide_tensor(divisor, grad):
+    return grad / divisor
+
+
+@_clear.register("Tensor")
+def _clear_tensor(buffer):
+    return ops.assign(buffer, ops.zeros_like(buffer))
+
+
+class ScaledLoss(nn.Cell):
+    """The loss times a constant (static loss scaling for fp16: small gradients stay representable)."""
+
+    def __init__(self, loss_net: nn.Cell, scale: float):
+        super().__init__()
+        self.loss_net, self.scale = loss_net, scale
+
+    def construct(self, *inputs):
+        return self.loss_net(*inputs) * self.scale
+
+
+class ApplyGrads(nn.Cell):
+    """Average gradients across devices, undo loss scale and accumulation, clip, and take one AdamW step."""
+
+    def __init__(self, optimizer: nn.Optimizer, max_grad_norm: float, reducer: nn.Cell | None = None,
+                 divisor: float = 1.0):
+        super().__init__()
+        self.optimizer, self.reducer = optimizer, reducer
+        self.max_grad_norm, self.divisor = max_grad_norm, divisor
+
+    def construct(self, grads):
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        if self.divisor != 1.0:
+            grads = _hyper_map(ops.partial(_divide, self.divisor), grads)
+        if self.max_grad_norm > 0:
+            grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
+        return self.optimizer(grads)
+
+
+class TrainStep(nn.Cell):
+    """One micro-batch: the loss and its gradients, then either an update (no buffer) or accumulation."""
+
+    def __init__(self, loss_net: nn.Cell, apply: ApplyGrads, buffer: ms.ParameterTuple | None = None,
+                 loss_scale: float = 1.0):
+        super().__init__()
+        self.loss_net = loss_net if loss_scale == 1.0 else ScaledLoss(loss_net, loss_scale)
+        self.update, self.buffer, self.loss_scale = apply, buffer, loss_scale
+        self.grad_fn = ms.value_and_grad(self.loss_net, None, apply.optimizer.parameters)
+
+    def construct(self, *inputs):
+        loss, grads = self.grad_fn(*inputs)
+        if self.buffer is None:
+            self.update(grads)
+        else:
+            _hyper_map(ops.assign_add, self.buffer, grads)
+        return loss / self.loss_scale
+
+
+class ApplyAccumulated(nn.Cell):
+    """Update the weights from the accumulated gradients, then clear the buffer."""
+
+    def __init__(self, apply: ApplyGrads, buffer: ms.ParameterTuple):
+        super().__init__()
+        self.update, self.buffer = apply, buffer
+
+    def construct(self):
+        self.update(self.buffer)
+        _hyper_map(_clear, self.buffer)  # after the update: side effects on Parameters keep program order
+        return True
+
+
+def make_step(loss_net: nn.Cell, optimizer: nn.Optimizer, max_grad_norm: float, accumulation: int = 1,
+              reducer: nn.Cell | None = None, loss_scale: float = 1.0) -> tuple[TrainStep, ApplyAccumulated | None]:
+    """The step Cell, and with accumulation the Cell that applies the accumulated gradients."""
+    apply = ApplyGrads(optimizer, max_grad_norm, reducer, loss_scale * accumulation)
+    if accumulation == 1:
+        return TrainStep(loss_net, apply, None, loss_scale), None
+    buffer = optimizer.parameters.clone(prefix="accumulated", init="zeros")
+    return TrainStep(loss_net, apply, buffer, loss_scale), ApplyAccumulated(apply, buffer)

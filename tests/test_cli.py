@@ -1,0 +1,155 @@
+"""`python -m dreambooth_nb.train`: the reference script's flags, and clear refusals (exit 2, no traceback)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dreambooth_nb.train import cli
+
+# Every flag of mindone's examples/diffusers/dreambooth/train_dreambooth.py with a value to pass
+# (True: a switch). The script's own defaults are checked below.
+REFERENCE_FLAGS = {
+    "pretrained_model_name_or_path": "some/model", "revision": "main", "variant": "fp16", "tokenizer_name": "tok",
+    "instance_data_dir": ".", "class_data_dir": "classes", "instance_prompt": "a photo of sks dog",
+    "class_prompt": "a photo of a dog", "with_prior_preservation": True, "prior_loss_weight": 0.5,
+    "num_class_images": 7, "output_dir": "out", "seed": 3, "resolution": 64, "center_crop": True,
+    "train_text_encoder": True, "train_batch_size": 2, "sample_batch_size": 3, "num_train_epochs": 2,
+    "max_train_steps": 9, "checkpointing_steps": 4, "checkpoints_total_limit": 2, "resume_from_checkpoint": "latest",
+    "gradient_accumulation_steps": 2, "gradient_checkpointing": True, "learning_rate": 1e-4, "scale_lr": True,
+    "lr_scheduler": "cosine", "lr_warmup_steps": 3, "lr_num_cycles": 2, "lr_power": 2.0, "dataloader_num_workers": 2,
+    "enable_mindspore_data_sink": True, "use_8bit_adam": True, "adam_beta1": 0.8, "adam_beta2": 0.99,
+    "adam_weight_decay": 0.02, "adam_epsilon": 1e-6, "max_grad_norm": 2.0, "push_to_hub": True, "hub_token": "t",
+    "hub_model_id": "me/model", "logging_dir": "tb", "allow_tf32": True, "report_to": "none",
+    "validation_prompt": "a sks dog", "num_validation_images": 2, "validation_steps": 5, "mixed_precision": "bf16",
+    "prior_generation_precision": "fp16", "distributed": True, "enable_xformers_memory_efficient_attention": True,
+    "set_grads_to_none": True, "offset_noise": True, "snr_gamma": 5.0, "pre_compute_text_embeddings": True,
+    "tokenizer_max_length": 16, "text_encoder_use_attention_mask": True, "skip_save_text_encoder": True,
+    "validation_images": ["a.png", "b.png"], "class_labels_conditioning": "timesteps",
+    "validation_scheduler": "DDPMScheduler",
+}
+# The reference's defaults (its three required flags have none; here they default to the offline sample).
+REFERENCE_DEFAULTS = {
+    "revision": None, "variant": None, "tokenizer_name": None, "class_data_dir": None, "class_prompt": None,
+    "with_prior_preservation": False, "prior_loss_weight": 1.0, "num_class_images": 100,
+    "output_dir": "dreambooth-model", "seed": None, "resolution": 512, "center_crop": False,
+    "train_text_encoder": False, "train_batch_size": 4, "sample_batch_size": 4, "num_train_epochs": 1,
+    "max_train_steps": None, "checkpointing_steps": 500, "checkpoints_total_limit": None,
+    "resume_from_checkpoint": None, "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+    "learning_rate": 5e-6, "scale_lr": False, "lr_scheduler": "constant", "lr_warmup_steps": 500, "lr_num_cycles": 1,
+    "lr_power": 1.0, "dataloader_num_workers": 1, "enable_mindspore_data_sink": False, "use_8bit_adam": False,
+    "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_weight_decay": 1e-2, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
+    "push_to_hub": False, "hub_token": None, "hub_model_id": None, "logging_dir": "logs", "allow_tf32": False,
+    "report_to": "tensorboard", "validation_prompt": None, "num_validation_images": 4, "validation_steps": 100,
+    "mixed_precision": None, "prior_generation_precision": None, "distributed": False,
+    "enable_xformers_memory_efficient_attention": False, "set_grads_to_none": False, "offset_noise": False,
+    "snr_gamma": None, "pre_compute_text_embeddings": False, "tokenizer_max_length": None,
+    "text_encoder_use_attention_mask": False, "skip_save_text_encoder": False, "validation_images": None,
+    "class_labels_conditioning": None, "validation_scheduler": "DPMSolverMultistepScheduler",
+}
+
+
+def _argv(flags: dict) -> list[str]:
+    argv = []
+    for name, value in flags.items():
+        if value is True:
+            argv.append(f"--{name}")
+        elif isinstance(value, list):
+            argv += [f"--{name}", *value]
+        else:
+            argv.append(f"--{name}={value}")
+    return argv
+
+
+def test_every_reference_flag_is_parsed():
+    config, _ = cli.parse_config(_argv(REFERENCE_FLAGS))
+    for name, value in REFERENCE_FLAGS.items():
+        assert getattr(config, name) == value, name
+
+
+def test_reference_defaults():
+    config, _ = cli.parse_config([])
+    for name, value in REFERENCE_DEFAULTS.items():
+        assert getattr(config, name) == value, name
+
+
+def test_config_round_trips_through_the_command_line():
+    config, _ = cli.parse_config(_argv(REFERENCE_FLAGS))
+    again, _ = cli.parse_config(config.to_args())
+    assert again == config
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--push_to_hub"], "--push_to_hub"),
+    (["--use_8bit_adam"], "--use_8bit_adam"),
+    (["--allow_tf32"], "--allow_tf32"),
+    (["--set_grads_to_none"], "--set_grads_to_none"),
+    (["--enable_xformers_memory_efficient_attention"], "--enable_xformers_memory_efficient_attention"),
+    (["--with_prior_preservation"], "--class_prompt"),
+    (["--train_text_encoder", "--pre_compute_text_embeddings"], "--pre_compute_text_embeddings"),
+    (["--distributed"], "msrun"),
+    (["--resolution=30"], "--resolution=30"),
+    (["--report_to=wandb"], "--report_to"),
+    (["--instance_data_dir=/no/such/folder"], "--instance_data_dir=/no/such/folder"),
+    (["--learning_rate=0"], "--learning_rate=0"),
+    (["--resume_from_checkpoint=checkpoint-7"], "--resume_from_checkpoint=checkpoint-7"),
+])
+def test_invalid_flags_exit_2_before_any_work(argv, expected, capsys, tmp_path, monkeypatch):
+    for name in ("MS_ROLE", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out"
+    assert cli.main([*argv, f"--output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not out.exists()  # nothing was started
+
+
+@pytest.mark.parametrize("argv", [["--no_such_flag"], ["--lr_scheduler=sometimes"], ["--train_batch_size=two"]])
+def test_argparse_refusals_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_lists_the_groups():
+    done = subprocess.run([sys.executable, "-m", "dreambooth_nb.train", "--help"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0
+    assert "--with_prior_preservation" in done.stdout and "accepted for compatibility, refused" in done.stdout
+
+
+@pytest.mark.slow
+def test_missing_model_is_one_clear_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--pretrained_model_name_or_path=/no/such/model", f"--output_dir={tmp_path / 'out'}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "/no/such/model" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_130(tmp_path):
+    """SIGTERM (what a scheduler or msrun sends) stops training like Ctrl-C: a checkpoint of the last step, the model saved."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dreambooth_nb.train", f"--output_dir={out}", "--resolution=32",
+               "--train_batch_size=1", "--max_train_steps=100000", "--checkpointing_steps=3", "--report_to=none",
+               "--lr_warmup_steps=0", "--device=CPU"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-3").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupted after" in output and "Traceback" not in output
+    from dreambooth_nb.train.checkpoint import list_checkpoints
+
+    last = list_checkpoints(out)[-1]
+    step = int(last.name.split("-")[1])
+    assert step >= 3 and f"interrupted after {step} steps" in output
+    assert (out / "model_index.json").is_file() and not list(out.glob(".*tmp*"))
