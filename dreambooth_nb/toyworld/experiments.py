@@ -1,0 +1,83 @@
+"""DreamBooth in the toy world: the subject's photos, the training settings and the score table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..runtime import cache_dir, fast_profile
+from . import evaluate, judge, scenes
+
+# steps of each DreamBooth run: (normal, DREAMBOOTH_NB_FAST=1)
+STEPS = (300, 80)
+CLASS_IMAGES = (48, 24)
+
+
+def toy_samples(n: int = 8, seed: int = 0) -> tuple[list, list[str]]:
+    """n pictures of the pretraining data (PIL) and their captions."""
+    from PIL import Image
+
+    images, captions, _ = scenes.dataset(n, seed)
+    return [Image.fromarray(im) for im in images], captions
+
+
+def toy_subject_images(n: int = 5):
+    """The subject's instance photos: a purple star with yellow stripes (never seen in pretraining)."""
+    return scenes.subject_images(n)
+
+
+def toy_subject_dir(n: int = 5) -> Path:
+    """A folder holding the subject's instance photos as PNGs (written once)."""
+    from ..viz import save_atomic
+
+    folder = cache_dir() / "data" / f"toy-sks-star-{n}"
+    for i, image in enumerate(toy_subject_images(n)):
+        if not (folder / f"sks-star-{i}.png").is_file():
+            save_atomic(image, folder / f"sks-star-{i}.png")
+    return folder
+
+
+def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes):
+    """TrainConfig for the toy subject, with or without prior preservation (short under DREAMBOOTH_NB_FAST=1)."""
+    from ..train import TrainConfig
+
+    fast = fast_profile()
+    name = "with-prior" if prior else "no-prior"
+    config = TrainConfig(
+        pretrained_model_name_or_path=evaluate.MODEL, instance_data_dir=str(toy_subject_dir()),
+        instance_prompt=scenes.SUBJECT_PROMPT, class_prompt=scenes.SUBJECT_CLASS_PROMPT,
+        class_data_dir=str(cache_dir() / "data" / "toy-class-star"), with_prior_preservation=prior,
+        num_class_images=CLASS_IMAGES[fast], sample_batch_size=8, resolution=scenes.SIZE, center_crop=True,
+        train_batch_size=4, max_train_steps=STEPS[fast], learning_rate=5e-4, lr_warmup_steps=0,
+        train_text_encoder=False, checkpointing_steps=10_000, report_to="none", seed=0,
+        output_dir=output_dir or str(Path("outputs") / "toyworld-dreambooth" / name),
+    )
+    return config.replace(**changes)
+
+
+def toy_judge():
+    """The committed judge of shape and colour."""
+    return judge.load_judge()
+
+
+def toy_prompt_agreement(pipe, per_prompt: int | None = None) -> dict:
+    """Judge agreement with 'a photo of a {colour} {shape}' prompts (1 image per prompt under the fast profile)."""
+    return evaluate.prompt_agreement(pipe, per_prompt=per_prompt or (1 if fast_profile() else 4))
+
+
+def toy_dreambooth_scores(pipe, n: int | None = None) -> dict:
+    """Subject fidelity and class preservation scores of a (fine-tuned) toy-world pipeline."""
+    return evaluate.dreambooth_scores(pipe, toy_subject_images(), n=n or (10 if fast_profile() else 20))
+
+
+SCORE_COLUMNS = ("subject similarity", "subject is a star", "class is a star", "class colours", "class like subject")
+
+
+def score_table(rows: dict[str, dict]):
+    """A pandas-free HTML/text table: one row per model, one column per score."""
+    from IPython.display import HTML
+
+    head = "".join(f"<th>{c}</th>" for c in ("model", *SCORE_COLUMNS))
+    body = "".join("<tr><td>" + name + "</td>" + "".join(
+        f"<td>{scores[c]:.2f}</td>" if isinstance(scores[c], float) else f"<td>{scores[c]}</td>" for c in SCORE_COLUMNS)
+        + "</tr>" for name, scores in rows.items())
+    return HTML(f"<table><tr>{head}</tr>{body}</table>")

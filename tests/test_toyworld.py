@@ -1,0 +1,94 @@
+"""The toy world: generator, tokenizer, committed weights and the judge."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dreambooth_nb.toyworld import assets_dir, judge, scenes
+
+
+def test_generator_is_deterministic_from_the_seed():
+    a, captions_a, _ = scenes.dataset(24, seed=3)
+    b, captions_b, _ = scenes.dataset(24, seed=3)
+    c, _, _ = scenes.dataset(24, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert captions_a == captions_b
+    assert not np.array_equal(a, c)
+    assert a.shape == (24, scenes.SIZE, scenes.SIZE, 3) and a.dtype == np.uint8
+
+
+def test_captions_say_what_is_drawn():
+    images, captions, made = scenes.dataset(60, seed=5)
+    for image, caption, scene in zip(images, captions, made):
+        assert f"{scene.colour} {scene.shape}" in caption
+        assert scene.background != scene.colour
+        centre = image[int(round(scene.y)), int(round(scene.x))].astype(int)
+        assert np.abs(centre - scenes.COLOURS[scene.colour]).max() <= 30, caption
+        corner = np.abs(image[0, 0].astype(int) - scenes.BACKGROUNDS[scene.background]).max()
+        edge = np.abs(image[:, 0].astype(int) - scenes.BACKGROUNDS[scene.background]).max(1).min()
+        assert min(corner, edge) <= 30, caption
+        assert (" on " in caption) == scene.say_background
+
+
+def test_prompt_uses_the_right_article():
+    assert scenes.prompt("red", "star") == "a photo of a red star"
+    assert scenes.prompt("orange", "heart", background="blue") == "a photo of an orange heart on a blue background"
+
+
+def test_subject_is_not_in_the_pretraining_data():
+    assert all(not s.pattern for s in scenes.scenes(500, seed=0))
+    assert all(s.pattern == scenes.SUBJECT["pattern"] for s in scenes.subject_scenes(5))
+
+
+def test_tokenizer_knows_every_toy_word_as_one_token():
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(assets_dir() / "model" / "tokenizer"))
+    for word in scenes.WORDS:
+        assert tokenizer.tokenize(word) == [f"{word}</w>"], word
+    longest = scenes.prompt("orange", "triangle", "small", "yellow")
+    assert len(tokenizer(longest).input_ids) <= tokenizer.model_max_length
+
+
+def test_committed_weights_are_small_safetensors_in_diffusers_layout():
+    folder = assets_dir() / "model"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    files = list(folder.rglob("*.safetensors"))
+    assert len(files) == 3
+    assert sum(f.stat().st_size for f in files) < 10 * 2**20
+    assert (assets_dir() / "MODEL_CARD.md").is_file()
+
+
+def test_committed_weights_load_offline(monkeypatch):
+    from safetensors.numpy import load_file
+
+    from dreambooth_nb import models, runtime
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runtime.setup(device="CPU", show=False)
+    components = models.load_components("toy-world")
+    saved = load_file(assets_dir() / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    loaded = {p.name: p.asnumpy() for p in components.unet.get_parameters()}
+    np.testing.assert_array_equal(loaded["conv_in.weight"], saved["conv_in.weight"])
+    assert components.unet.config.sample_size * 2 == scenes.SIZE
+
+
+def test_judge_names_shape_and_colour_of_fresh_pictures():
+    scores = judge.accuracy(judge.load_judge(), n=300, seed=2024)
+    assert scores["shape"] >= 0.9 and scores["colour"] >= 0.9, scores
+
+
+def test_judge_says_no_object_on_a_blank_picture():
+    blank = np.full((scenes.SIZE, scenes.SIZE, 3), 128, np.uint8)
+    j = judge.load_judge()
+    assert j.shapes([blank]) == ["none"] and j.colours([blank]) == ["none"]
+
+
+def test_subject_views_are_closer_to_the_subject_than_other_pictures():
+    references = scenes.subject_images(5)
+    others, _, _ = scenes.dataset(20, seed=8)
+    more_views = scenes.subject_images(5, seed=77)
+    assert judge.similarity(more_views, references) > 0.95
+    assert judge.similarity(others, references) < 0.85
