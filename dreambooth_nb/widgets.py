@@ -1,0 +1,441 @@
+"""Chapter 07: a playground of widget panels (train, generate, compare) around the same engine and config.
+
+Every panel works with a widget front end (buttons run the work in a background thread, so the
+Stop button stays live) and without one: `panel.run()` and `panel.generate()` do what the buttons
+do, with the current settings, in the calling cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .runtime import fast_profile
+
+PLAYGROUND_DIR = Path("outputs") / "playground"
+ERROR_STYLE = "color:#b00020"
+
+
+# --------------------------------------------------------------------------- the documented run
+def playground_config(output_dir: str | None = None, **changes):
+    """The documented playground run: the toy-world subject, no prior, short under DREAMBOOTH_NB_FAST=1."""
+    from .toyworld.experiments import toy_dreambooth_config
+    from .train import fast
+
+    config = toy_dreambooth_config(prior=False, output_dir=output_dir or str(PLAYGROUND_DIR / "model"))
+    return fast(config).replace(**changes)
+
+
+def problems_by_flag(config, names) -> dict[str, list[str]]:
+    """config.validate()'s problems, filed under the flag each message starts with (others under '')."""
+    from .train import ConfigError
+
+    routed: dict[str, list[str]] = {}
+    try:
+        config.validate()
+    except ConfigError as error:
+        for problem in error.problems:
+            flag = problem[2:].split("=")[0].split(" ")[0] if problem.startswith("--") else ""
+            routed.setdefault(flag if flag in names else "", []).append(problem)
+    return routed
+
+
+def changed_flags(base, config) -> dict[str, Any]:
+    """Settings of `config` that differ from `base` (the panel's starting point)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(base, f.name)}
+
+
+# --------------------------------------------------------------------------- experiment log
+@dataclass
+class ExperimentLog:
+    """One row per training run: what changed from the documented run, steps, final loss."""
+
+    rows: list = field(default_factory=list)
+    on_change: Callable[[], None] | None = None
+
+    def record(self, base, config, result) -> dict:
+        """Add a run; returns its row."""
+        row = {"run": len(self.rows) + 1, "changed": changed_flags(base, config), "steps": result.steps,
+               "final loss": result.history[-1] if result.history else float("nan"),
+               "stopped": result.interrupted}
+        self.rows.append(row)
+        if self.on_change is not None:
+            self.on_change()
+        return row
+
+    def _repr_html_(self) -> str:
+        head = "<tr><th>run</th><th>changed flags</th><th>steps</th><th>final loss</th><th>stopped</th></tr>"
+        body = "".join(
+            f"<tr><td>{r['run']}</td><td>{_flags_html(r['changed'])}</td><td>{r['steps']}</td>"
+            f"<td>{r['final loss']:.4f}</td><td>{'yes' if r['stopped'] else ''}</td></tr>" for r in self.rows)
+        return f"<table class='db-log'>{head}{body}</table>" if self.rows else "<p>No runs yet: press Train.</p>"
+
+    def __str__(self) -> str:
+        lines = [f"run {r['run']}: {r['steps']} steps, final loss {r['final loss']:.4f}"
+                 f"{' (stopped)' if r['stopped'] else ''}, changed: {r['changed'] or 'nothing'}" for r in self.rows]
+        return "\n".join(lines) or "no runs yet"
+
+
+def _error_html(problems: list[str]) -> str:
+    return f"<span style='{ERROR_STYLE}'>{html.escape(' '.join(problems))}</span>" if problems else ""
+
+
+def _flags_html(changed: dict) -> str:
+    return ", ".join(f"<code>--{k}={html.escape(repr(v))}</code>" for k, v in changed.items()) or "(documented run)"
+
+
+# --------------------------------------------------------------------------- shared helpers
+def _widgets():
+    import ipywidgets
+
+    return ipywidgets
+
+
+def _in_background(work: Callable[[], None], status, done: Callable[[], None]) -> threading.Thread:
+    """Run `work` in a thread (widget messages keep flowing); errors go to the `status` widget; then `done`."""
+    def target():
+        try:
+            work()
+        except Exception as error:  # shown next to the buttons: a thread has no cell to print into
+            status.value = _error_html([f"{type(error).__name__}: {error}"])
+        finally:
+            done()
+
+    thread = threading.Thread(target=target, name="dreambooth-nb-panel", daemon=True)
+    thread.start()
+    return thread
+
+
+def _figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _picture(w, css: str):
+    """An Image widget, hidden until it gets a picture (a thread can update it; a display() could not)."""
+    image = w.Image(format="png", layout={"display": "none", "max_width": "720px"})
+    image.add_class(css)
+    return image
+
+
+def _set_picture(image, png: bytes) -> None:
+    image.value = png
+    image.layout.display = None
+
+
+class WidgetPlot:
+    """The live loss plot of the Train button: viz.plot_loss redrawn into an Image widget in place."""
+
+    def __init__(self, image, every: int = 2, smooth: int = 10):
+        self.image, self.every, self.smooth = image, every, smooth
+
+    def __call__(self, history, force: bool = False) -> None:
+        from matplotlib.figure import Figure  # not pyplot: this runs in the training thread
+
+        from .viz import plot_loss
+
+        if not history or (len(history) % self.every and not force):
+            return
+        fig = Figure(figsize=(5, 3))
+        ax = fig.subplots()
+        plot_loss(history, ax, self.smooth)
+        _set_picture(self.image, _figure_png(fig))
+
+
+# --------------------------------------------------------------------------- training panel
+def _train_fields(w) -> dict[str, Any]:
+    """One widget per editable flag, named after the flag."""
+    slider = dict(continuous_update=False, style={"description_width": "150px"}, layout={"width": "420px"})
+    text = dict(continuous_update=False, style={"description_width": "150px"}, layout={"width": "420px"})
+    return {
+        "learning_rate": w.FloatLogSlider(min=-7, max=-2, step=0.25, description="learning rate", readout_format=".1e", **slider),
+        "max_train_steps": w.IntSlider(min=1, max=1000, description="steps", **slider),
+        "train_batch_size": w.IntSlider(min=1, max=8, description="batch size", **slider),
+        "with_prior_preservation": w.Checkbox(description="prior preservation", indent=False),
+        "prior_loss_weight": w.FloatSlider(min=0.0, max=3.0, step=0.1, description="prior weight λ", **slider),
+        "num_class_images": w.IntSlider(min=1, max=200, description="class images", **slider),
+        "train_text_encoder": w.Checkbox(description="train text encoder", indent=False),
+        "resolution": w.IntText(description="resolution (px)", **text),
+        "seed": w.IntText(description="seed", **text),
+        "instance_prompt": w.Text(description="instance prompt", **text),
+        "class_prompt": w.Text(description="class prompt", **text),
+    }
+
+
+class TrainPanel:
+    """Sliders bound to a TrainConfig, a Train and a Stop button, a progress bar and a live loss plot."""
+
+    def __init__(self, config=None, log: ExperimentLog | None = None, plot_every: int = 2):
+        self.config = config if config is not None else playground_config()
+        self.base = dataclasses.replace(self.config)
+        self.log = log if log is not None else ExperimentLog()
+        self.plot_every = plot_every
+        self.result = None
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._build()
+
+    # ----- widgets
+    def _build(self) -> None:
+        w = _widgets()
+        self.fields = _train_fields(w)
+        self.messages = {name: w.HTML(layout={"width": "440px"}) for name in self.fields}
+        for name, widget in self.fields.items():
+            widget.value = self._widget_value(name)
+            widget.observe(self._on_edit, names="value")
+        self.train_button = w.Button(description="Train", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.progress = w.IntProgress(min=0, max=1, description="step 0")
+        self.status = w.HTML()
+        self.plot = _picture(w, "db-train-plot")
+        self.log_view = w.HTML(self.log._repr_html_())
+        self.log.on_change = self._refresh_log
+        self.train_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        rows = [w.HBox([self.fields[n], self.messages[n]]) for n in self.fields]
+        buttons = w.HBox([self.train_button, self.stop_button, self.progress, self.status])
+        self.widget = w.VBox(rows + [buttons, self.plot, self.log_view])
+        self.widget.add_class("db-train-panel")
+
+    def _widget_value(self, name: str):
+        value = getattr(self.config, name)
+        return ("" if value is None else value) if name.endswith("prompt") else (0 if value is None else value)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ----- editing: validate the edited copy, refuse with a message next to the field
+    def form(self) -> dict[str, Any]:
+        """The settings the widgets show now (empty optional prompts read as None)."""
+        values = {name: widget.value for name, widget in self.fields.items()}
+        if not values["class_prompt"]:
+            values["class_prompt"] = None
+        return values
+
+    def check(self) -> dict[str, list[str]]:
+        """Validate a copy of the config with the form applied; show each problem next to its field.
+
+        The panel's config takes the form's values only when the copy is valid.
+        """
+        edited = self.config.replace(**self.form())
+        problems = problems_by_flag(edited, self.fields)
+        for flag, message in self.messages.items():
+            message.value = _error_html(problems.get(flag, []))
+        self.status.value = _error_html(problems.get("", []))
+        if not problems:
+            for name, value in self.form().items():
+                setattr(self.config, name, value)  # the panel's own config object: no globals
+        self.train_button.disabled = bool(problems) or self.running
+        return problems
+
+    def set(self, name: str, value) -> list[str]:
+        """Edit one setting as its widget would; returns the problems that refused the form (empty: accepted)."""
+        self.fields[name].value = value  # fires _on_edit
+        return [p for ps in self.check().values() for p in ps]
+
+    def _on_edit(self, change) -> None:
+        self.check()
+
+    # ----- training
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def on_step(self, history: list) -> None:
+        """Called by the engine after every step: progress, live plot, and Stop (as KeyboardInterrupt)."""
+        step = len(history)
+        self.progress.value = min(step, self.progress.max)
+        self.progress.description = f"step {step}"
+        self.status.value = f"loss {history[-1]:.4f}"
+        self.live(history)
+        if self._stop.is_set():
+            raise KeyboardInterrupt("Stop pressed")
+
+    def train(self, components=None, progress: bool = False, in_cell: bool = False):
+        """Train with the current config (what the Train button runs); records the run in the log.
+
+        The live loss plot goes to the panel's picture, or to this cell's output when in_cell.
+        """
+        from .train import train_dreambooth
+        from .viz import LivePlot
+
+        config = dataclasses.replace(self.config)
+        self._stop.clear()
+        self.progress.max, self.progress.value = config.max_train_steps or 1, 0
+        every = max(self.plot_every, (config.max_train_steps or 0) // 50)
+        self.live = LivePlot(every=every) if in_cell else WidgetPlot(self.plot, every)
+        self.result = train_dreambooth(config, components, progress=progress, on_step=self.on_step)
+        self.live(self.result.history, force=True)
+        row = self.log.record(self.base, config, self.result)
+        self.status.value = f"run {row['run']}: {row['steps']} steps, final loss {row['final loss']:.4f}" + (
+            " (stopped)" if self.result.interrupted else "")
+        return self.result
+
+    def run(self, components=None):
+        """Train in this cell without a widget front end (nbval, scripts): a progress bar, a live plot, a summary."""
+        result = self.train(components, progress=True, in_cell=True)
+        print(self.status.value)
+        return result
+
+    def start(self) -> threading.Thread | None:
+        """What the Train button does: train in a background thread so Stop stays clickable."""
+        if self.running:
+            return self.thread
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.thread = _in_background(self.train, self.status, self._finished)
+        return self.thread
+
+    def stop(self) -> None:
+        """What the Stop button does: the next step ends training; the engine saves what it has."""
+        self._stop.set()
+        self.status.value = "stopping after this step ..."
+
+    def _finished(self) -> None:
+        self.train_button.disabled, self.stop_button.disabled = False, True
+
+    def _refresh_log(self) -> None:
+        self.log_view.value = self.log._repr_html_()
+
+
+def _has_ipython_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None
+    except ImportError:
+        return False
+
+
+# --------------------------------------------------------------------------- generation panel
+class GeneratePanel:
+    """Prompt, seed, steps and guidance widgets; Generate shows a gallery, Compare puts two models side by side."""
+
+    def __init__(self, model: str | None = None, tuned: str | None = None, prompt: str | None = None):
+        from .toyworld import scenes
+
+        config = playground_config()
+        self.models = {"base": model or config.pretrained_model_name_or_path, "fine-tuned": tuned or config.output_dir}
+        self._pipes: dict[str, tuple] = {}
+        self.images: list = []
+        self.thread: threading.Thread | None = None
+        self._build(prompt or scenes.SUBJECT_PROMPT)
+
+    def _build(self, prompt: str) -> None:
+        w = _widgets()
+        style = dict(style={"description_width": "130px"}, layout={"width": "420px"})
+        slider = dict(continuous_update=False, **style)
+        self.prompt = w.Text(prompt, description="prompt", continuous_update=False, **style)
+        self.negative_prompt = w.Text("", description="negative prompt", continuous_update=False, **style)
+        self.seed = w.BoundedIntText(0, min=0, max=2**31 - 1, description="seed", **style)
+        self.steps = w.IntSlider(10 if fast_profile() else 25, min=1, max=100, description="steps", **slider)
+        self.guidance = w.FloatSlider(4.0, min=1.0, max=15.0, step=0.5, description="guidance scale", **slider)
+        self.count = w.IntSlider(4, min=1, max=8, description="images", **slider)
+        self.model = w.Dropdown(options=list(self.models), value="base", description="model", **style)
+        self.generate_button = w.Button(description="Generate", button_style="primary", icon="image")
+        self.compare_button = w.Button(description="Compare base / fine-tuned", icon="columns", layout={"width": "240px"})
+        self.status = w.HTML()
+        self.gallery = _picture(w, "db-gallery")
+        self.generate_button.on_click(lambda _: self._start(self.generate))
+        self.compare_button.on_click(lambda _: self._start(self.compare))
+        controls = [self.prompt, self.negative_prompt, self.seed, self.steps, self.guidance, self.count, self.model]
+        buttons = w.HBox([self.generate_button, self.compare_button, self.status])
+        self.widget = w.VBox(controls + [buttons, self.gallery])
+        self.widget.add_class("db-generate-panel")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def pipeline(self, name: str):
+        """The named model's pipeline, reloaded when its files changed on disk (a new training run)."""
+        from .infer import load_pipeline
+
+        source = self.models[name]
+        stamp = _model_stamp(source)
+        if name not in self._pipes or self._pipes[name][0] != stamp:
+            if stamp is None and name != "base":
+                raise FileNotFoundError(f"No fine-tuned model in {source}: press Train (or run panel.run()) first.")
+            self._pipes[name] = (stamp, load_pipeline(source))
+        return self._pipes[name][1]
+
+    def sample(self, name: str) -> list:
+        """Images from one model with the panel's prompt, seeds seed..seed+n-1, steps and guidance."""
+        from .infer import generate
+
+        n = self.count.value
+        return generate(self.pipeline(name), [self.prompt.value] * n, list(range(self.seed.value, self.seed.value + n)),
+                        num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
+                        negative_prompt=self.negative_prompt.value or None)
+
+    def generate(self, in_cell: bool = True) -> list:
+        """What Generate does: a gallery from the chosen model (in the panel, and in this cell); returns the images."""
+        from .viz import show_images
+
+        self.images = self.sample(self.model.value)
+        seeds = range(self.seed.value, self.seed.value + len(self.images))
+        self._present(show_images(self.images, titles=[f"seed {s}" for s in seeds],
+                                  suptitle=f"{self.model.value}: {self.prompt.value}"), in_cell)
+        return self.images
+
+    def _present(self, fig, in_cell: bool) -> None:
+        png = _figure_png(fig)
+        _set_picture(self.gallery, png)
+        if in_cell and _has_ipython_kernel():
+            from IPython.display import Image, display
+
+            display(Image(png))
+
+    def compare(self, in_cell: bool = True) -> list:
+        """What Compare does: base (top row) and fine-tuned (bottom row) with the same seeds."""
+        from .viz import show_images
+
+        base, tuned = self.sample("base"), self.sample("fine-tuned")
+        self.images = base + tuned
+        titles = [f"base, seed {s}" for s in range(self.seed.value, self.seed.value + len(base))]
+        titles += [f"fine-tuned, seed {s}" for s in range(self.seed.value, self.seed.value + len(tuned))]
+        self._present(show_images(self.images, titles=titles, ncols=len(base), suptitle=self.prompt.value), in_cell)
+        return self.images
+
+    def _start(self, work: Callable[..., list]) -> threading.Thread | None:
+        """What the buttons do: sample in a background thread, the picture going to the panel."""
+        if self.thread is not None and self.thread.is_alive():
+            return self.thread
+        self.generate_button.disabled = self.compare_button.disabled = True
+        self.status.value = "sampling ..."
+        self.thread = _in_background(lambda: self._report(work), self.status, self._finished)
+        return self.thread
+
+    def _report(self, work: Callable[..., list]) -> None:
+        work(in_cell=False)
+        self.status.value = f"{len(self.images)} images"
+
+    def _finished(self) -> None:
+        self.generate_button.disabled = self.compare_button.disabled = False
+
+
+def _model_stamp(source: str) -> float | None:
+    """When a local model folder last changed (None when it is not a local folder)."""
+    folder = Path(source)
+    files = [p for p in folder.rglob("*") if p.is_file()] if (folder / "model_index.json").is_file() else []
+    return max(p.stat().st_mtime for p in files) if files else None
+
+
+def playground(config=None) -> tuple[TrainPanel, GeneratePanel]:
+    """A training panel and a generation panel that share the model folder."""
+    train = TrainPanel(config)
+    return train, GeneratePanel(train.config.pretrained_model_name_or_path, train.config.output_dir)

@@ -1,0 +1,119 @@
+"""Chapter 07 panels: build, refuse invalid values next to the field, Stop, and the experiment log."""
+
+import threading
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from dreambooth_nb.train import ConfigError, TrainConfig, TrainResult  # noqa: E402
+from dreambooth_nb.widgets import ExperimentLog, TrainPanel, changed_flags, problems_by_flag  # noqa: E402
+
+
+@pytest.fixture
+def panel(tmp_path):
+    config = TrainConfig(resolution=32, max_train_steps=8, seed=0, report_to="none", output_dir=str(tmp_path / "model"))
+    return TrainPanel(config)
+
+
+def fake_engine(stop_at=None, panel=None):
+    """Stands in for train_dreambooth: calls on_step like the engine and turns KeyboardInterrupt into interrupted."""
+    def train(config, components=None, progress=True, on_step=None):
+        result = TrainResult(config.output_dir)
+        try:
+            for step in range(config.max_train_steps):
+                result.history.append(1.0 / (step + 1))
+                result.steps = step + 1
+                if stop_at is not None and step + 1 == stop_at:
+                    panel.stop_button.click()
+                on_step(result.history)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        return result
+    return train
+
+
+def test_panel_builds_from_its_config(panel):
+    assert panel.fields["resolution"].value == 32
+    assert panel.fields["max_train_steps"].value == 8
+    assert panel.fields["learning_rate"].value == pytest.approx(panel.config.learning_rate)
+    sliders = [w for w in panel.fields.values() if hasattr(w, "continuous_update") and "Slider" in type(w).__name__]
+    assert sliders and all(not w.continuous_update for w in sliders)
+    assert {b.description for b in (panel.train_button, panel.stop_button)} == {"Train", "Stop"}
+
+
+def test_invalid_value_shows_message_next_to_field_and_keeps_config(panel):
+    config = panel.config
+    problems = panel.set("resolution", 60)
+    assert problems and problems[0].startswith("--resolution=60")
+    assert "--resolution=60" in panel.messages["resolution"].value
+    assert panel.messages["learning_rate"].value == ""
+    assert config.resolution == 32 and panel.train_button.disabled
+    assert panel.set("resolution", 64) == []
+    assert panel.messages["resolution"].value == "" and not panel.train_button.disabled
+    assert panel.config is config and config.resolution == 64
+
+
+def test_prior_without_class_prompt_is_refused_on_its_checkbox(panel):
+    panel.set("with_prior_preservation", True)
+    assert "--class_prompt" in panel.messages["with_prior_preservation"].value
+    assert panel.config.with_prior_preservation is False
+
+
+def test_empty_instance_prompt_is_refused(panel):
+    panel.set("instance_prompt", "  ")
+    assert "--instance_prompt" in panel.messages["instance_prompt"].value
+    assert panel.config.instance_prompt == "a photo of sks person"
+
+
+def test_problems_are_routed_by_flag():
+    config = TrainConfig(resolution=30, learning_rate=-1.0, with_prior_preservation=True)
+    routed = problems_by_flag(config, {"resolution", "learning_rate", "with_prior_preservation"})
+    assert set(routed) == {"resolution", "learning_rate", "with_prior_preservation"}
+    with pytest.raises(ConfigError):
+        config.validate()
+
+
+def test_stop_button_interrupts_training_in_the_background(panel, monkeypatch):
+    monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", fake_engine(stop_at=3, panel=panel))
+    thread = panel.start()
+    assert isinstance(thread, threading.Thread)
+    thread.join(timeout=30)
+    assert panel.result.interrupted and panel.result.steps == 3
+    assert panel.log.rows[-1]["stopped"] and not panel.train_button.disabled and panel.stop_button.disabled
+
+
+def test_log_records_each_run_with_changed_flags(panel, monkeypatch):
+    monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", fake_engine())
+    panel.train()
+    panel.set("learning_rate", 1e-4)
+    panel.train()
+    assert [r["changed"] for r in panel.log.rows] == [{}, {"learning_rate": pytest.approx(1e-4)}]
+    assert panel.log.rows[1]["final loss"] == pytest.approx(1 / 8)
+    assert "--learning_rate=0.0001" in panel.log_view.value and "(documented run)" in panel.log_view.value
+
+
+def test_changed_flags_and_empty_log():
+    base = TrainConfig()
+    assert changed_flags(base, base.replace(seed=3)) == {"seed": 3}
+    assert "No runs yet" in ExperimentLog()._repr_html_()
+
+
+@pytest.mark.slow
+def test_real_engine_stops_when_stop_is_clicked(tmp_path):
+    """Compiles the toy-world train step in a background thread; Stop after 2 steps saves the model."""
+    import time
+
+    import dreambooth_nb as db
+
+    db.setup(show=False)
+    panel = TrainPanel(db.playground_config(output_dir=str(tmp_path / "model"), max_train_steps=50))
+    panel.start()
+    deadline = time.time() + 300
+    while panel.progress.value < 2 and panel.running and time.time() < deadline:
+        time.sleep(0.2)
+    panel.stop_button.click()
+    panel.thread.join(timeout=120)
+    assert panel.result.interrupted and 2 <= panel.result.steps < 50
+    assert (tmp_path / "model" / "model_index.json").is_file()
+    assert panel.log.rows[-1]["stopped"]
