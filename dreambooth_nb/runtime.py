@@ -177,7 +177,7 @@ _STATE: dict = {}
 
 
 def setup(device: str | None = None, mode: str = "graph", seed: int = 0, show: bool = True) -> RuntimeInfo:
-    """Quiet the logs, pick the device and the compiled mode, seed everything; return what was chosen.
+    """Quiet the logs, pick the device and the compiled mode, seed everything; return what was chosen (printed outside notebooks).
 
     device: "auto" (default), "Ascend", "GPU" or "CPU"; DREAMBOOTH_NB_DEVICE overrides "auto".
     mode: "graph" compiles every network call (use it: PyNative is ~50x slower for small UNets);
@@ -211,12 +211,11 @@ def current() -> RuntimeInfo:
 
 
 def _show(info: RuntimeInfo) -> None:
+    """Print the table outside IPython; in a notebook the returned RuntimeInfo renders itself (once)."""
     try:
         from IPython import get_ipython
-        from IPython.display import display
 
         if get_ipython() is not None:
-            display(info)
             return
     except ImportError:
         pass
