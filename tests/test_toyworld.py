@@ -92,3 +92,12 @@ def test_subject_views_are_closer_to_the_subject_than_other_pictures():
     more_views = scenes.subject_images(5, seed=77)
     assert judge.similarity(more_views, references) > 0.95
     assert judge.similarity(others, references) < 0.85
+
+
+def test_score_text_has_one_aligned_row_per_model():
+    from dreambooth_nb.toyworld.experiments import SCORE_COLUMNS, score_text
+
+    scores = {c: 0.5 for c in SCORE_COLUMNS} | {"class colours": 3}
+    lines = score_text({"no prior": scores, "with prior": scores}).splitlines()
+    assert len(lines) == 3 and lines[1].startswith("no prior") and lines[2].split()[-2:] == ["3", "0.50"]
+    assert len({len(line) for line in lines}) == 1

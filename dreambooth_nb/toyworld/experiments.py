@@ -1,4 +1,7 @@
-"""DreamBooth in the toy world: the subject's photos, the training settings and the score table."""
+"""DreamBooth in the toy world: the subject's photos, the training settings and the score table.
+
+    python -m dreambooth_nb.toyworld.experiments [--steps N]   # trains without and with prior preservation, prints the table
+"""
 
 from __future__ import annotations
 
@@ -72,6 +75,44 @@ def toy_dreambooth_scores(pipe, n: int | None = None) -> dict:
 SCORE_COLUMNS = ("subject similarity", "subject is a star", "class is a star", "class colours", "class like subject")
 
 
+def score_text(rows: dict[str, dict]) -> str:
+    """The score table as aligned plain text (for the command line)."""
+    lines = [f"{'model':<12}" + "".join(f"{c:>20}" for c in SCORE_COLUMNS)]
+    for name, scores in rows.items():
+        cells = (f"{scores[c]:.2f}" if isinstance(scores[c], float) else str(scores[c]) for c in SCORE_COLUMNS)
+        lines.append(f"{name:<12}" + "".join(f"{cell:>20}" for cell in cells))
+    return "\n".join(lines)
+
+
+def run_experiments(steps: int | None = None, progress: bool = True) -> dict[str, dict]:
+    """Scores of the pretrained model and of DreamBooth runs without and with prior preservation."""
+    from ..infer import load_pipeline
+    from ..train import train_dreambooth
+
+    rows = {"pretrained": toy_dreambooth_scores(load_pipeline(evaluate.MODEL))}
+    for name, prior in (("no prior", False), ("with prior", True)):
+        config = toy_dreambooth_config(prior=prior, **({"max_train_steps": steps} if steps else {}))
+        train_dreambooth(config, progress=progress)
+        rows[name] = toy_dreambooth_scores(load_pipeline(config.output_dir))
+    return rows
+
+
+def main(argv=None) -> dict[str, dict]:
+    """Train without and with prior preservation on the toy subject and print the score table."""
+    import argparse
+
+    from .. import runtime
+
+    parser = argparse.ArgumentParser(prog="python -m dreambooth_nb.toyworld.experiments", description=main.__doc__)
+    parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {STEPS[0]}, "
+                        f"{STEPS[1]} under DREAMBOOTH_NB_FAST=1)")
+    args = parser.parse_args(argv)
+    runtime.setup(show=False)
+    rows = run_experiments(args.steps)
+    print(score_text(rows))
+    return rows
+
+
 def score_table(rows: dict[str, dict]):
     """A pandas-free HTML/text table: one row per model, one column per score."""
     from IPython.display import HTML
@@ -81,3 +122,7 @@ def score_table(rows: dict[str, dict]):
         f"<td>{scores[c]:.2f}</td>" if isinstance(scores[c], float) else f"<td>{scores[c]}</td>" for c in SCORE_COLUMNS)
         + "</tr>" for name, scores in rows.items())
     return HTML(f"<table><tr>{head}</tr>{body}</table>")
+
+
+if __name__ == "__main__":
+    main()
