@@ -50,7 +50,7 @@ def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes)
         instance_prompt=scenes.SUBJECT_PROMPT, class_prompt=scenes.SUBJECT_CLASS_PROMPT,
         class_data_dir=str(cache_dir() / "data" / "toy-class-star"), with_prior_preservation=prior,
         num_class_images=CLASS_IMAGES[fast], sample_batch_size=8, resolution=scenes.SIZE, center_crop=True,
-        train_batch_size=4, max_train_steps=STEPS[fast], learning_rate=5e-4, lr_warmup_steps=0,
+        train_batch_size=4, max_train_steps=STEPS[fast], learning_rate=1e-4, lr_warmup_steps=0,
         train_text_encoder=False, checkpointing_steps=10_000, report_to="none", seed=0,
         output_dir=output_dir or str(Path("outputs") / "toyworld-dreambooth" / name),
     )
