@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    args.torch_python = os.path.abspath(args.torch_python)  # workers run with cwd=bench/
     OUT.mkdir(parents=True, exist_ok=True)
     ms_model, pt_model, photos = prepare(args.model)
     rows = []

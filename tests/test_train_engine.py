@@ -79,6 +79,7 @@ def test_checkpoint_limit_logs_and_validation_images(runs):
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
     assert [m["loss"] for m in metrics] == pytest.approx(runs["full"].history)
     assert metrics[0]["lr"] < metrics[2]["lr"]  # warmup
+    assert list((out / "logs").glob("events.out.tfevents.*")), "report_to='tensorboard' wrote no TensorBoard file"
     images = sorted((out / "validation" / f"step-{STEPS}").glob("*.png"))
     assert len(images) == 1 and runs["full"].validation[STEPS] == images
 

@@ -24,8 +24,8 @@ def tensorboard_writer(folder: Path):
 class MetricsLog:
     """Loss and learning rate per step in logging_dir/metrics.jsonl, and in TensorBoard when a writer is installed.
 
-    MindSpore has no TensorBoard writer of its own (its SummaryRecord writes MindInsight files), so
-    TensorBoard needs `pip install tensorboardX`; without it the JSON lines file is the record.
+    MindSpore has no TensorBoard writer of its own (its SummaryRecord writes MindInsight files), so the
+    pinned tensorboardX writes the event files; the JSON lines file is always written too.
     """
 
     def __init__(self, folder: str | os.PathLike | None):
