@@ -288,6 +288,21 @@ def friendly_errors(log_path: str | os.PathLike | None = None):
     return _FriendlyErrors(log_path)
 
 
+def error_summary(error: BaseException) -> str:
+    """One line for an unexpected error: MindSpore's out-of-memory with what to change, else its first message line."""
+    import re
+
+    text = str(error)
+    wanted = re.search(r"alloc size: (\d+)B", text)
+    if "Memory not enough" in text or "Memory isn't enough" in text:
+        size = f" (one kernel asked for {int(wanted.group(1)) / 2**30:.1f} GiB)" if wanted else ""
+        return (f"MindSpore ran out of memory{size}. Lower --resolution (the embedded tiny model works at 64) or "
+                f"--train_batch_size, or add --gradient_checkpointing.")
+    lines = [line.strip(" -") for line in text.splitlines()]
+    first = next((line for line in lines if line and not line.startswith("C++ Call Stack")), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 class _FriendlyErrors(contextlib.AbstractContextManager):
     def __init__(self, log_path):
         self.log_path = Path(log_path) if log_path else None
@@ -301,7 +316,7 @@ class _FriendlyErrors(contextlib.AbstractContextManager):
         if isinstance(error, (ValueError, FileNotFoundError, PermissionError, OSError)):
             print(f"error: {error}", file=sys.stderr)
         else:
-            print(f"error: {kind.__name__}: {error}", file=sys.stderr)
+            print(f"error: {error_summary(error)}", file=sys.stderr)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.write_text("".join(traceback.format_exception(kind, error, tb)), encoding="utf-8")

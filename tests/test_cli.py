@@ -108,7 +108,8 @@ def test_invalid_flags_exit_2_before_any_work(argv, expected, capsys, tmp_path, 
     assert not out.exists()  # nothing was started
 
 
-@pytest.mark.parametrize("argv", [["--no_such_flag"], ["--lr_scheduler=sometimes"], ["--train_batch_size=two"]])
+@pytest.mark.parametrize("argv", [["--no_such_flag"], ["--lr_scheduler=sometimes"], ["--train_batch_size=two"],
+                                  ["--learning_rat=1e-4"]])  # no abbreviations: a typo is an error
 def test_argparse_refusals_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)

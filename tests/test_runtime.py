@@ -107,3 +107,11 @@ def test_friendly_errors_print_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: folder photos/ does not exist" in err and "Traceback" not in err
     assert "Traceback" in (tmp_path / "error.log").read_text()
+
+
+def test_mindspore_out_of_memory_becomes_one_line_with_what_to_change():
+    error = RuntimeError("\n----\n- Memory not enough:\n----\nMemory isn't enough and alloc failed, kernel name: x, "
+                         "alloc size: 68719476736B.\n\n----\n- C++ Call Stack: (For framework developers)\n----\n")
+    line = runtime.error_summary(error)
+    assert "64.0 GiB" in line and "--resolution" in line and "\n" not in line
+    assert runtime.error_summary(RuntimeError("\n-----\n- Kernel X failed\n-----\n")) == "RuntimeError: Kernel X failed"

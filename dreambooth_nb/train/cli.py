@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per TrainConfig field, grouped, with the reference defaults."""
     parser = argparse.ArgumentParser(
         prog="python -m dreambooth_nb.train",
+        allow_abbrev=False,  # a mistyped flag is an error, never silently another flag
         description="DreamBooth fine-tuning with MindSpore + mindone; flags match mindone's train_dreambooth.py.",
     )
     parser.add_argument("--device", default=None, help="auto (default), Ascend, GPU or CPU.")
