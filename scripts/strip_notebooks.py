@@ -1,5 +1,6 @@
 """Strip outputs, execution counts and volatile metadata from notebooks (run before committing)."""
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ def strip(path: Path) -> bool:
     nb = json.loads(text)
     nb["metadata"] = {k: v for k, v in nb.get("metadata", {}).items() if k in KEEP_NOTEBOOK_METADATA}
     nb["metadata"].get("language_info", {}).pop("version", None)
-    for cell in nb["cells"]:
+    for index, cell in enumerate(nb["cells"]):
+        if "id" not in cell:  # nbformat 4.5 requires one; derive it so it is stable
+            cell["id"] = hashlib.sha1(f"{index}:{''.join(cell['source'])}".encode()).hexdigest()[:8]
         cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k == "tags"}
         if cell["cell_type"] == "code":
             cell["outputs"] = []

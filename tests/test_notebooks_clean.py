@@ -23,6 +23,8 @@ def test_notebook_is_stripped(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     assert "widgets" not in nb.get("metadata", {}), "widget state is committed; run `make strip`"
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    ids = [cell.get("id") for cell in nb["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), "cells need unique ids (nbformat 4.5); run `make strip`"
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert not cell["outputs"], f"cell {i} has outputs; run `make strip`"
