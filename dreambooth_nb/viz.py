@@ -39,6 +39,14 @@ def image_grid(images: Sequence, ncols: int = 4, pad: int = 2) -> Image.Image:
     return grid
 
 
+def wrap_title(title: str, scale: float = 2.0) -> str:
+    """Break each line of a title so it fits above a panel `scale` inches wide (about 14 characters per inch at 8 pt)."""
+    import textwrap
+
+    width = max(8, int(14 * scale))
+    return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
+
+
 def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 4,
                 scale: float = 2.0, suptitle: str | None = None):
     """Plot a list of images as a grid with optional titles; returns the figure."""
@@ -53,7 +61,7 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
         if i < n:
             ax.imshow(to_pil(images[i]))
             if titles is not None and i < len(titles):
-                ax.set_title(str(titles[i]), fontsize=8)
+                ax.set_title(wrap_title(str(titles[i]), scale), fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

@@ -313,3 +313,12 @@ def test_training_batch_puts_the_instance_half_first(tmp_path):
     figure = batch.show()
     assert [ax.get_title() for ax in figure.axes] == batch.titles()
     plt.close(figure)
+
+
+def test_long_titles_are_wrapped_to_the_panel_width():
+    from dreambooth_nb.viz import wrap_title
+
+    title = wrap_title("base · seed 2\na painting of sks person in the style of van gogh", scale=2.0)
+    lines = title.splitlines()
+    assert lines[0] == "base · seed 2" and len(lines) == 3 and max(map(len, lines)) <= 28
+    assert " ".join(lines[1:]) == "a painting of sks person in the style of van gogh"
