@@ -242,7 +242,7 @@ def _check_optimizer(c: TrainConfig) -> list[str]:
 
 def _check_resolution(c: TrainConfig) -> list[str]:
     if c.resolution < 8 or c.resolution % 8:
-        return [f"--resolution={c.resolution} must be a multiple of 8 (the VAE downsamples by 8; try 512, or 64 for the tiny model)."]
+        return [f"--resolution={c.resolution} must be a multiple of 8 (Stable Diffusion's VAE downsamples by 8; try 512, or 64 for the tiny model)."]
     return []
 
 
