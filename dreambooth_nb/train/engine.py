@@ -393,6 +393,7 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     runtime.seed_everything(seed)
     components = components or load_components(config.pretrained_model_name_or_path, config.revision,
                                                config.variant, config.tokenizer_name)
+    check_resolution(config.resolution, components)
     precision = precision_for(config.mixed_precision, device)
     sink = use_data_sink(config.enable_mindspore_data_sink, device)
     set_sample_size(components, config.resolution)
@@ -421,6 +422,16 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     if world.size > 1:
         write_digest(result.output_dir, world, trainer.nets)
     return result
+
+
+def check_resolution(resolution: int, components: Components, headroom: int = 4) -> None:
+    """Refuse a resolution far above what the model was built for: its attention layers would need huge buffers."""
+    from ..models import model_resolution
+
+    native = model_resolution(components)
+    if resolution > headroom * native:
+        raise ValueError(f"--resolution={resolution} is more than {headroom}x the {native} px this model was built for "
+                         f"(memory grows with the square of the image area); use --resolution={native}.")
 
 
 def set_sample_size(components: Components, resolution: int) -> None:
