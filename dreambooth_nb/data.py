@@ -386,6 +386,7 @@ class ImageSet:
     images: list
     input_ids: np.ndarray  # (1, length): the same prompt for every image
     prompt: str
+    attention_mask: np.ndarray  # (1, length): 1 on the prompt's tokens, 0 on padding (from the tokenizer)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -396,7 +397,7 @@ def load_image_set(folder, prompt: str, tokenizer, resolution: int, limit: int |
     """Load every usable image of `folder` for training with `prompt` (same rules as check_images)."""
     import warnings
 
-    from .models import tokenize
+    from .models import tokenize_with_mask
 
     report = check_images(folder, resolution)
     paths = report.require_usable()[:limit]
@@ -405,7 +406,8 @@ def load_image_set(folder, prompt: str, tokenizer, resolution: int, limit: int |
         warnings.warn(f"{report.summary()}; skipped {', '.join(skipped[:5])}. "
                       f"Run db.check_images({str(report.folder)!r}) to see why.", stacklevel=2)
     images = [resize_shorter(load_rgb(p), resolution) for p in paths]
-    return ImageSet(images, tokenize(tokenizer, prompt, max_length), prompt)
+    ids, mask = tokenize_with_mask(tokenizer, prompt, max_length)
+    return ImageSet(images, ids, prompt, mask)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

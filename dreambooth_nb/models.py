@@ -259,16 +259,19 @@ def load_components(
     return Components(tokenizer, text_encoder, vae, unet, scheduler, source)
 
 
-def tokenize(tokenizer, prompts: list[str] | str, max_length: int | None = None):
-    """Token ids padded to the model's length, as a NumPy int32 array of shape (n, length)."""
+def tokenize_with_mask(tokenizer, prompts: list[str] | str, max_length: int | None = None):
+    """(token ids, attention mask) padded to the model's length, NumPy int32 arrays of shape (n, length)."""
     import numpy as np
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    ids = tokenizer(
-        prompts, padding="max_length", truncation=True,
-        max_length=max_length or tokenizer.model_max_length, return_tensors="np",
-    ).input_ids
-    return ids.astype(np.int32)
+    out = tokenizer(prompts, padding="max_length", truncation=True,
+                    max_length=max_length or tokenizer.model_max_length, return_tensors="np")
+    return out.input_ids.astype(np.int32), out.attention_mask.astype(np.int32)
+
+
+def tokenize(tokenizer, prompts: list[str] | str, max_length: int | None = None):
+    """Token ids padded to the model's length, as a NumPy int32 array of shape (n, length)."""
+    return tokenize_with_mask(tokenizer, prompts, max_length)[0]
 
 
 # ------------------------------------------------------------ chapter 02: looking at the pieces
@@ -313,10 +316,14 @@ def encode_prompt(components: Components, prompt: str):
     return components.text_encoder(ids)[0].asnumpy()
 
 
+def vae_factor(components: Components) -> int:
+    """How many pixels one latent position covers per side (1 for a model without VAE)."""
+    return 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+
+
 def model_resolution(components: Components) -> int:
     """The image size the model was built for: UNet sample size x the VAE's downsampling factor."""
-    factor = 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
-    return int(components.unet.config.sample_size * factor)
+    return int(components.unet.config.sample_size * vae_factor(components))
 
 
 def vae_cells(vae):

@@ -142,6 +142,7 @@ class FakeTokenizer:
     def __call__(self, prompts, **kwargs):
         class Out:
             input_ids = np.array([[1] + [len(p)] + [0] * 6 for p in prompts])
+            attention_mask = np.array([[1, 1] + [0] * 6 for _ in prompts])
 
         return Out()
 

@@ -75,7 +75,8 @@ def _image_set(n, token):
     from dreambooth_nb.data import ImageSet
 
     images = [Image.new("RGB", (40, 32), (10 * i, 20, 30)) for i in range(n)]
-    return ImageSet(images, np.array([[49406, token, 49407, 0]], np.int32), f"prompt {token}")
+    return ImageSet(images, np.array([[49406, token, 49407, 49407]], np.int32), f"prompt {token}",
+                    np.array([[1, 1, 1, 0]], np.int32))  # the tokenizer's mask: padding repeats <|endoftext|>
 
 
 def test_batch_maker_is_pure_in_the_step_and_splits_ranks():
@@ -194,3 +195,17 @@ def test_a_resolution_far_above_the_models_is_refused_with_the_native_size():
     check_resolution(256, components)
     with pytest.raises(ValueError, match="4x the 64 px this model was built for.*use --resolution=64"):
         check_resolution(512, components)
+
+
+def test_attention_mask_comes_from_the_tokenizer_not_from_token_id_0(tmp_path):
+    """CLIP pads with <|endoftext|>, not id 0: the mask must mark the padding all the same."""
+    from PIL import Image
+
+    from dreambooth_nb.data import load_image_set
+    from dreambooth_nb.models import load_components
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "a.png")
+    tokenizer = load_components().tokenizer
+    images = load_image_set(tmp_path, "a photo", tokenizer, 32)
+    assert images.attention_mask[0].tolist()[:5] == [1, 1, 1, 1, 0]  # <|startoftext|> a photo <|endoftext|> pad
+    assert images.input_ids[0, 4] == tokenizer.pad_token_id != 0

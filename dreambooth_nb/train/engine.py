@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .. import data, runtime
-from ..models import Components, load_components
+from ..models import Components, load_components, model_resolution, vae_factor
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DIGEST_DIR, World, barrier, current_world, grad_reducer
@@ -120,7 +120,7 @@ class BatchMaker:
         for images, seed, embedding in self.halves():
             idx = data.batch_indices(len(images), c.train_batch_size, seed, step, self.rank, self.world)
             pixels.append(data.make_pixels(images, idx, c.resolution, c.center_crop, rng))
-            masks.append(np.repeat((images.input_ids != 0).astype(np.int32), len(idx), axis=0))
+            masks.append(np.repeat(images.attention_mask, len(idx), axis=0))
             ids.append(np.repeat(images.input_ids if embedding is None else embedding, len(idx), axis=0))
         pixels, ids, mask = np.concatenate(pixels), np.concatenate(ids), np.concatenate(masks)
         n = len(pixels)
@@ -134,7 +134,7 @@ class BatchMaker:
 
 def latent_shape(components: Components, resolution: int) -> tuple[int, int, int]:
     """(channels, h, w) of the UNet's input for images of `resolution` pixels."""
-    factor = 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+    factor = vae_factor(components)
     return (components.unet.config.in_channels, resolution // factor, resolution // factor)
 
 
@@ -188,9 +188,8 @@ def text_embeddings(components: Components, image_sets, use_mask: bool) -> tuple
 
     out = []
     for images in image_sets:
-        ids = images.input_ids
-        mask = ms.Tensor((ids != 0).astype(np.int32)) if use_mask else None
-        out.append(components.text_encoder(ms.Tensor(ids), attention_mask=mask)[0].asnumpy())
+        mask = ms.Tensor(images.attention_mask) if use_mask else None
+        out.append(components.text_encoder(ms.Tensor(images.input_ids), attention_mask=mask)[0].asnumpy())
     return tuple(out)
 
 
@@ -426,8 +425,6 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
 
 def check_resolution(resolution: int, components: Components, headroom: int = 4) -> None:
     """Refuse a resolution far above what the model was built for: its attention layers would need huge buffers."""
-    from ..models import model_resolution
-
     native = model_resolution(components)
     if resolution > headroom * native:
         raise ValueError(f"--resolution={resolution} is more than {headroom}x the {native} px this model was built for "
@@ -436,8 +433,7 @@ def check_resolution(resolution: int, components: Components, headroom: int = 4)
 
 def set_sample_size(components: Components, resolution: int) -> None:
     """Record the training resolution in the UNet's config (as the reference does), so sampling uses it."""
-    factor = 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
-    components.unet.register_to_config(sample_size=resolution // factor)
+    components.unet.register_to_config(sample_size=resolution // vae_factor(components))
 
 
 def resume(config: TrainConfig, trainer: Trainer, world: World) -> TrainResult:
