@@ -70,6 +70,20 @@ def build_networks(folder: Path, seed: int = 0):
     return tokenizer, text_encoder, vae, unet
 
 
+def load_networks(folder: Path):
+    """Tokenizer, text encoder, VAE and UNet of a saved toy-world model, to train further."""
+    from transformers import CLIPTokenizer
+
+    diffusers = import_quietly("mindone.diffusers")
+    CLIPTextModel = import_quietly("mindone.transformers").CLIPTextModel
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"--init_from {folder}: no model_index.json there; give a folder in diffusers layout.")
+    return (CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+            CLIPTextModel.from_pretrained(str(folder / "text_encoder")),
+            diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")),
+            diffusers.UNet2DConditionModel.from_pretrained(str(folder / "unet")))
+
+
 # ------------------------------------------------------------------------- losses (compiled)
 def vae_loss_net(vae, kl_weight: float):
     """A Cell: L1 reconstruction of the pictures plus kl_weight x KL to N(0, 1)."""
@@ -90,10 +104,16 @@ def vae_loss_net(vae, kl_weight: float):
     return VAELoss()
 
 
-def denoise_loss_net(unet, text_encoder, alphas_cumprod: np.ndarray):
-    """A Cell: epsilon-prediction MSE of the UNet on noised latents, conditioned on the text encoder."""
+def denoise_loss_net(unet, text_encoder, alphas_cumprod: np.ndarray, snr_gamma: float | None = None):
+    """A Cell: epsilon-prediction MSE of the UNet on noised latents, conditioned on the text encoder.
+
+    With snr_gamma, each example is weighted min(SNR, gamma) / SNR (Min-SNR, as `--snr_gamma` in training):
+    less weight on nearly clean latents, where the caption hardly matters.
+    """
     import mindspore as ms
     from mindspore import nn, ops
+
+    from ..train.losses import snr_weights
 
     class DenoiseLoss(nn.Cell):
         def __init__(self):
@@ -105,7 +125,10 @@ def denoise_loss_net(unet, text_encoder, alphas_cumprod: np.ndarray):
             a = self.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
             noisy = ops.sqrt(a) * latents + ops.sqrt(1.0 - a) * noise
             pred = self.unet(noisy, timesteps, self.text_encoder(input_ids)[0], return_dict=False)[0]
-            return ((pred - noise) ** 2).mean()
+            mse = ((pred - noise) ** 2).mean(axis=(1, 2, 3))
+            if snr_gamma is None:
+                return mse.mean()
+            return (mse * snr_weights(self.alphas_cumprod, timesteps, snr_gamma, False)).mean()
 
     return DenoiseLoss()
 
@@ -217,7 +240,8 @@ def train_unet(unet, text_encoder, latents: np.ndarray, ids: np.ndarray, empty_i
     unet.set_train(True)
     text_encoder.set_train(True)
     params = list(unet.trainable_params()) + list(text_encoder.trainable_params())
-    step = train_step(denoise_loss_net(unet, text_encoder, alphas), params, cosine_rates(args.lr, args.unet_steps), 1e-2)
+    loss_net = denoise_loss_net(unet, text_encoder, alphas, args.snr_gamma)
+    step = train_step(loss_net, params, cosine_rates(args.lr, args.unet_steps), 1e-2)
 
     def batch(i: int):
         rng = np.random.default_rng([args.seed, i, 1])
@@ -255,6 +279,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--drop", type=float, default=0.1, help="Share of empty captions (classifier-free guidance).")
+    p.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR loss weighting (5.0 is typical).")
+    p.add_argument("--init_from", default=None,
+                   help="Start from a saved toy-world model (diffusers folder) instead of fresh weights; "
+                        "with --vae_steps 0 its VAE is kept as it is.")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld.")
     return p.parse_args(argv)
 
@@ -266,11 +294,14 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall, cpu = time.time(), time.process_time()
-    tokenizer, text_encoder, vae, unet = build_networks(out, args.seed)
+    if args.init_from:
+        tokenizer, text_encoder, vae, unet = load_networks(Path(args.init_from))
+    else:
+        tokenizer, text_encoder, vae, unet = build_networks(out, args.seed)
     images, captions, _ = scenes.dataset(args.images, args.seed)
-    vae_history = train_vae(vae, images, args, out)
+    vae_history = train_vae(vae, images, args, out) if args.vae_steps else []
     latents = encode_latents(vae, images)
-    scale = float(1.0 / latents.std())
+    scale = float(1.0 / latents.std()) if args.vae_steps or not args.init_from else float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scale)
     ids = tokenize(tokenizer, captions)
     unet_history = train_unet(unet, text_encoder, latents * scale, ids, tokenize(tokenizer, ""), args, out)
@@ -278,14 +309,34 @@ def main(argv=None) -> Path:
     from . import judge
 
     judge.train_judge().save(out / "judge.npz")
-    summary = dict(args=vars(args), vae_loss=float(np.mean(vae_history[-50:])), unet_loss=float(np.mean(unet_history[-50:])),
-                   scaling_factor=scale, wall_s=time.time() - wall, cpu_s=time.process_time() - cpu,
-                   stage_s={n: json.loads((out / f"{n}.json").read_text())["seconds"] for n in ("vae", "unet")})
+    summary = dict(args=vars(args), vae_loss=float(np.mean(vae_history[-50:])) if vae_history else None,
+                   unet_loss=float(np.mean(unet_history[-50:])), scaling_factor=scale,
+                   wall_s=time.time() - wall, cpu_s=time.process_time() - cpu,
+                   stage_s={n: json.loads((out / f"{n}.json").read_text())["seconds"]
+                            for n in ("vae", "unet") if (out / f"{n}.json").is_file()},
+                   started_from=previous_summary(args.init_from))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
     if args.install:
         install(out)
     return out
+
+
+def previous_summary(init_from: str | None) -> dict | None:
+    """The summary.json of the model a run started from (beside its model/ folder), so the card tells the whole story."""
+    if not init_from:
+        return None
+    path = Path(init_from).parent / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {"args": {"out": str(Path(init_from).parent)}, "unknown": True}
+
+
+def stages(summary: dict) -> list[dict]:
+    """The runs that made a model, oldest first."""
+    chain = []
+    while summary:
+        chain.insert(0, summary)
+        summary = summary.get("started_from")
+    return chain
 
 
 def install(out: Path) -> Path:
@@ -296,6 +347,10 @@ def install(out: Path) -> Path:
 
     target = assets_dir()
     shutil.copytree(out / "model", target / "model", dirs_exist_ok=True)
+    for config in (target / "model").glob("*/config.json"):  # where it was trained is not part of the model
+        settings = json.loads(config.read_text())
+        settings.pop("_name_or_path", None)
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     for name in ("judge.npz", "summary.json"):
         shutil.copy2(out / name, target / name)
     summary = json.loads((out / "summary.json").read_text())
@@ -303,22 +358,54 @@ def install(out: Path) -> Path:
     return target
 
 
+def stage_text(number: int, summary: dict) -> str:
+    """One run of the model card's Training section: what it trained, its final losses and its cost."""
+    a = summary["args"]
+    lines = [f"### Run {number}" + (f": continued from run {number - 1}" if a.get("init_from") else ": from scratch")]
+    if a.get("vae_steps"):
+        lines.append(f"- VAE: {a['vae_steps']} AdamW steps, batch {a['vae_batch']}, lr {a['vae_lr']} (warmup + cosine), "
+                     f"L1 reconstruction + {a['kl_weight']} x KL; final loss (mean of the last 50 steps) {summary['vae_loss']:.4f}.")
+    else:
+        lines.append("- VAE: kept as it was.")
+    weighting = f", Min-SNR weighting (gamma {a['snr_gamma']})" if a.get("snr_gamma") else ""
+    lines.append(f"- UNet + text encoder on cached VAE latents: {a['unet_steps']} AdamW steps, batch {a['batch']}, "
+                 f"lr {a['lr']} (warmup + cosine), weight decay 0.01, gradient clipping 1.0{weighting}; the caption is "
+                 f"replaced by the empty prompt {a['drop']:.0%} of the time (classifier-free guidance). Final loss "
+                 f"(epsilon MSE{', weighted' if weighting else ''}, mean of the last 50 steps): {summary['unet_loss']:.4f}.")
+    stage_s = summary["stage_s"]
+    cost = ", ".join(f"{name} stage {seconds / 60:.1f} min" for name, seconds in stage_s.items())
+    lines.append(f"- Cost: {cost} of wall time (summed over resumed runs); the last process ran "
+                 f"{summary['wall_s'] / 60:.1f} min wall, {summary['cpu_s'] / 60:.1f} min CPU (both cores).")
+    lines += [f"- {note}" for note in summary.get("notes", [])]
+    return "\n".join(lines)
+
+
+def reproduce_command(summary: dict) -> str:
+    """The command line of one run."""
+    a = summary["args"]
+    flags = " ".join(f"--{k}={v}" for k, v in a.items() if k not in ("out", "install") and v is not None)
+    return f"python -m dreambooth_nb.toyworld.pretrain --out {a['out']} {flags}"
+
+
 def model_card(summary: dict) -> str:
     """MODEL_CARD.md text: what the model is, how it was trained, what it cost, how to reproduce it."""
-    a = summary["args"]
-    flags = " ".join(f"--{k}={v}" for k, v in a.items() if k not in ("out", "install"))
+    runs = stages(summary)
+    first = runs[0]["args"]
+    total_min = sum(sum(r["stage_s"].values()) for r in runs) / 60
+    commands = "\n".join(reproduce_command(r) for r in runs) + " --install"
+    training = "\n\n".join(stage_text(i + 1, r) for i, r in enumerate(runs))
     return f"""# toy-world: a small Stable Diffusion of coloured shapes
 
 Pretrained from scratch with MindSpore (GRAPH mode, CPU) by `python -m dreambooth_nb.toyworld.pretrain`.
-Chapter 06 of dreambooth-nb fine-tunes it with DreamBooth; load it with
+It is the default model of the dreambooth-nb notebooks and of `make demo`; chapter 06 measures it. Load it with
 `db.load_pipeline("toy-world")` or `StableDiffusionPipeline.from_pretrained(<this folder>/model)`.
 
 ## Data
-{a['images']} procedural pictures, {scenes.SIZE}x{scenes.SIZE} px (`dreambooth_nb.toyworld.scenes.dataset({a['images']}, seed={a['seed']})`):
+{first['images']} procedural pictures, {scenes.SIZE}x{scenes.SIZE} px (`dreambooth_nb.toyworld.scenes.dataset({first['images']}, seed={first['seed']})`):
 one {", ".join(scenes.SHAPES)} in one of {len(scenes.COLOURS)} colours ({", ".join(scenes.COLOURS)}) on a
 plain background ({len(scenes.BACKGROUNDS)} colours, never the object's), random size, place and tilt.
 Captions: `a photo of a [small|big] <colour> <shape>[ on a <background> background]`.
-No patterned (striped) object is in the data: the DreamBooth subject of chapter 06 is new to the model.
+No patterned (striped) object is in the data: the DreamBooth subject of the notebooks is new to the model.
 
 ## Model
 - VAE (AutoencoderKL): 32x32x3 to 16x16x4 latents, channels (16, 32), no attention; scaling factor {summary['scaling_factor']:.4f} (1 / std of the latents).
@@ -327,23 +414,16 @@ No patterned (striped) object is in the data: the DreamBooth subject of chapter 
 - PNDM scheduler with Stable Diffusion v1's noise schedule (scaled_linear, 1000 steps, epsilon prediction).
 
 ## Training
-1. VAE: {a['vae_steps']} AdamW steps, batch {a['vae_batch']}, lr {a['vae_lr']} (warmup + cosine), L1 reconstruction + {a['kl_weight']} x KL.
-   Final loss (mean of the last 50 steps): {summary['vae_loss']:.4f}.
-2. UNet + text encoder on cached VAE latents: {a['unet_steps']} AdamW steps, batch {a['batch']}, lr {a['lr']} (warmup + cosine),
-   weight decay 0.01, gradient clipping 1.0; the caption is replaced by the empty prompt {a['drop']:.0%} of the time
-   (classifier-free guidance). Final loss (epsilon MSE, mean of the last 50 steps): {summary['unet_loss']:.4f}.
+{len(runs)} run(s), {total_min:.0f} min of wall time in all on a shared 2-core x86_64 CPU, MindSpore 2.7.1, mindone 0.3.0.
 
-Cost: VAE stage {summary['stage_s']['vae'] / 60:.1f} min, UNet stage {summary['stage_s']['unet'] / 60:.1f} min of wall time
-(summed over resumed runs) on a shared 2-core x86_64 CPU, MindSpore 2.7.1, mindone 0.3.0; the last
-process ran {summary['wall_s'] / 60:.1f} min wall, {summary['cpu_s'] / 60:.1f} min CPU (both cores).
-{"".join(chr(10) + "- " + note for note in summary.get("notes", []))}
+{training}
 
 ## Reproduce
 ```
-python -m dreambooth_nb.toyworld.pretrain --out outputs/toyworld {flags} --install
+{commands}
 python -m dreambooth_nb.toyworld.evaluate
 ```
-The run checkpoints every 100 steps and resumes where it stopped when started again with the same `--out`.
+Each run checkpoints every 100 steps and resumes where it stopped when started again with the same `--out`.
 Results match closely but not bit for bit across machines (thread scheduling in CPU kernels).
 
 ## Judge
