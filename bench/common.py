@@ -9,9 +9,17 @@ import statistics
 import sys
 from pathlib import Path
 
-RESOLUTION = 64
+INSTANCE_PROMPT = "a photo of sks star"  # the default subject on the default model (toy-world)
+CLASS_PROMPT = "a photo of a star"
 STEADY_STEPS = 10
 WARMUP_STEPS = 2
+
+
+def native_resolution(model: str) -> int:
+    """The image size the model folder was built for: UNet sample size x the VAE's downsampling factor."""
+    unet = json.loads((Path(model) / "unet" / "config.json").read_text())
+    vae = json.loads((Path(model) / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def peak_rss_mb() -> float:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from common import RESOLUTION, STEADY_STEPS, WARMUP_STEPS, report, summarise
+from common import CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise
 
 
 def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
@@ -19,16 +19,17 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
     from dreambooth_nb.train import TrainConfig
     from dreambooth_nb.train.engine import BatchMaker, build_trainer, latent_shape
 
-    config = TrainConfig(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=RESOLUTION,
+    size = native_resolution(model)
+    config = TrainConfig(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=size,
                          train_batch_size=batch, learning_rate=1e-4, lr_warmup_steps=0, center_crop=True, seed=0,
-                         instance_prompt="a photo of sks person", class_prompt="a photo of a person")
+                         instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT)
     components = load_components(model)
-    images = data.load_image_set(photos, config.instance_prompt, components.tokenizer, RESOLUTION)
-    classes = data.load_image_set(photos, config.class_prompt, components.tokenizer, RESOLUTION) if prior else None
+    images = data.load_image_set(photos, config.instance_prompt, components.tokenizer, size)
+    classes = data.load_image_set(photos, config.class_prompt, components.tokenizer, size) if prior else None
     config = config.replace(with_prior_preservation=prior, class_data_dir=photos if prior else None)
     steps = WARMUP_STEPS + STEADY_STEPS + 1
     trainer = build_trainer(config, components, steps)
-    make = BatchMaker(images, classes, config, latent_shape(components, RESOLUTION), 1000, 0)
+    make = BatchMaker(images, classes, config, latent_shape(components, size), 1000, 0)
     seconds = []
     for step in range(steps):
         start = time.perf_counter()
@@ -44,7 +45,7 @@ def bench_sample(model: str, steps: int) -> dict:
     seconds = []
     for i in range(1 + 3):
         start = time.perf_counter()
-        generate(pipe, ["a photo of sks person"], [i], num_inference_steps=steps)
+        generate(pipe, [INSTANCE_PROMPT], [i], num_inference_steps=steps, batch_size=1)  # one image, as the PyTorch side
         seconds.append(time.perf_counter() - start)
     return {"first_s": round(seconds[0], 3), "steady_s": round(float(np.median(seconds[1:])), 4)}
 

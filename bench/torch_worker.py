@@ -11,20 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESOLUTION, STEADY_STEPS, WARMUP_STEPS, report, summarise
+from common import CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise
 
 
-def load_pixels(photos: str) -> np.ndarray:
-    """Photos resized (shorter side) and center-cropped to RESOLUTION, CHW in [-1, 1]."""
+def load_pixels(photos: str, size: int) -> np.ndarray:
+    """Photos resized (shorter side) and center-cropped to size x size, CHW in [-1, 1]."""
     from PIL import Image
 
     out = []
     for path in sorted(p for p in Path(photos).iterdir() if p.suffix.lower() in {".jpg", ".png"}):
         im = Image.open(path).convert("RGB")
-        scale = RESOLUTION / min(im.size)
-        im = im.resize((max(RESOLUTION, round(im.width * scale)), max(RESOLUTION, round(im.height * scale))), Image.BILINEAR)
-        left, top = (im.width - RESOLUTION) // 2, (im.height - RESOLUTION) // 2
-        im = im.crop((left, top, left + RESOLUTION, top + RESOLUTION))
+        scale = size / min(im.size)
+        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BILINEAR)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        im = im.crop((left, top, left + size, top + size))
         out.append(np.asarray(im, np.float32).transpose(2, 0, 1) / 127.5 - 1)
     return np.stack(out)
 
@@ -42,7 +42,7 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").train()
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    pixels_all = torch.from_numpy(load_pixels(photos))
+    pixels_all = torch.from_numpy(load_pixels(photos, native_resolution(model)))
 
     def ids(prompt: str, n: int):
         tok = tokenizer([prompt] * n, padding="max_length", max_length=tokenizer.model_max_length,
@@ -54,10 +54,10 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
     for step in range(WARMUP_STEPS + STEADY_STEPS + 1):
         start = time.perf_counter()
         index = rng.integers(0, len(pixels_all), batch)
-        pixels, input_ids = pixels_all[index], ids("a photo of sks person", batch)
+        pixels, input_ids = pixels_all[index], ids(INSTANCE_PROMPT, batch)
         if prior:
             pixels = torch.cat([pixels, pixels_all[rng.integers(0, len(pixels_all), batch)]])
-            input_ids = torch.cat([input_ids, ids("a photo of a person", batch)])
+            input_ids = torch.cat([input_ids, ids(CLASS_PROMPT, batch)])
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
             embeddings = text_encoder(input_ids)[0]
@@ -90,7 +90,7 @@ def bench_sample(model: str, steps: int) -> dict:
     seconds = []
     for i in range(1 + 3):
         start = time.perf_counter()
-        pipe("a photo of sks person", num_inference_steps=steps, height=size, width=size,
+        pipe(INSTANCE_PROMPT, num_inference_steps=steps, height=size, width=size,
              generator=torch.Generator().manual_seed(i))
         seconds.append(time.perf_counter() - start)
     return {"first_s": round(seconds[0], 3), "steady_s": round(float(np.median(seconds[1:])), 4)}

@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 
 from .runtime import cache_dir
 from .viz import save_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-SAMPLE_SUBJECT = "grace-hopper"
-SAMPLE_PROMPT = "a photo of sks person"
-SAMPLE_CLASS_PROMPT = "a photo of a person"
+# The default subject: a purple star with yellow stripes that the toy-world model never saw (chapter 06).
+SAMPLE_SUBJECT = "sks-star"
+SAMPLE_PROMPT = "a photo of sks star"
+SAMPLE_CLASS_PROMPT = "a photo of a star"
 EXAMPLE_DATASET = "diffusers/dog-example"  # the photos of the DreamBooth guides (5 photos of a dog)
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DREAMBOOTH_NB_OFFLINE")
 HUB_ADDRESS = ("huggingface.co", 443)
@@ -32,24 +33,8 @@ class DataError(ValueError):
 
 
 # ------------------------------------------------------------------ offline subject photos
-def sample_views(photo: Image.Image, n: int = 5, size: int = 256) -> list[Image.Image]:
-    """n different 'photos' of one subject: crops, mirror and light changes of one picture."""
-    w, h = photo.size
-    boxes = [(0.10, 0.00, 0.90, 0.80), (0.00, 0.00, 1.00, 1.00), (0.20, 0.05, 0.85, 0.70),
-             (0.05, 0.10, 0.95, 0.95), (0.15, 0.00, 0.80, 0.65), (0.00, 0.05, 0.90, 0.95)]
-    views = []
-    for i in range(n):
-        x0, y0, x1, y1 = boxes[i % len(boxes)]
-        view = photo.crop((int(x0 * w), int(y0 * h), int(x1 * w), int(y1 * h))).resize((size, size), Image.BICUBIC)
-        if i % 2:
-            view = ImageOps.mirror(view)
-        view = ImageEnhance.Brightness(view).enhance(0.85 + 0.08 * i)
-        views.append(view)
-    return views
-
-
 def sample_photo() -> Image.Image:
-    """The one offline photo the samples are made from: Grace Hopper, from matplotlib's sample data."""
+    """A real photo for the preprocessing demos: Grace Hopper, from matplotlib's sample data."""
     from matplotlib import cbook
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
@@ -57,12 +42,13 @@ def sample_photo() -> Image.Image:
 
 
 def sample_photos_dir(n: int = 5) -> Path:
-    """A folder of n offline photos of one subject (views of sample_photo(), written once)."""
+    """A folder of n offline photos of the default subject, the toy world's striped star (PNGs, written once)."""
+    from .toyworld import scenes
+
     folder = cache_dir() / "data" / f"{SAMPLE_SUBJECT}-{n}"
-    if len(list_images(folder)) == n:
-        return folder
-    for i, view in enumerate(sample_views(sample_photo(), n)):
-        save_atomic(view, folder / f"{SAMPLE_SUBJECT}-{i}.jpg")
+    for i, image in enumerate(scenes.subject_images(n)):
+        if not (folder / f"{SAMPLE_SUBJECT}-{i}.png").is_file():
+            save_atomic(image, folder / f"{SAMPLE_SUBJECT}-{i}.png")
     return folder
 
 
@@ -140,7 +126,7 @@ def get_instance_photos(source: str | os.PathLike | None = EXAMPLE_DATASET, offl
                 raise DataError(f"{source} is neither a local folder nor a dataset on the Hugging Face hub "
                                 f"({type(exc).__name__}). Check the name, or pass the folder of your photos.") from exc
             reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    print(f"Cannot download {source} because {reason}, so the offline sample photos of Grace Hopper are used instead.")
+    print(f"Cannot download {source} because {reason}, so the offline sample photos (the toy world's striped star) are used instead.")
     return sample_photos_dir()
 
 
@@ -318,7 +304,7 @@ def make_problem_examples(folder: str | os.PathLike, photo: Image.Image | None =
     import io
 
     folder = Path(folder)
-    photo = load_rgb(list_images(sample_photos_dir())[0]) if photo is None else photo
+    photo = sample_photo() if photo is None else photo
     good = photo.resize((128, 128))
     save_atomic(good, folder / "good.jpg")
     save_atomic(good, folder / "same-as-good.jpg")
@@ -331,7 +317,7 @@ def make_problem_examples(folder: str | os.PathLike, photo: Image.Image | None =
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6  # "rotate 90° clockwise to view"
     good.crop((0, 16, 128, 112)).transpose(Image.ROTATE_90).save(folder / "phone-rotated.jpg", exif=exif)
-    save_atomic(good.resize((32, 32)), folder / "tiny.png")
+    save_atomic(good.resize((16, 16)), folder / "tiny.png")  # below every model's resolution
     buffer = io.BytesIO()
     good.save(buffer, format="JPEG")
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
@@ -438,18 +424,23 @@ def make_pixels(images: ImageSet, indices: np.ndarray, resolution: int, center_c
 def sample_config(with_prior: bool = True, **changes):
     """TrainConfig for the offline sample subject on the embedded model (short under DREAMBOOTH_NB_FAST=1).
 
-    Class images are kept per model (cache_dir()/data/class-person-<model>): another model's prior is another set.
+    The resolution is the model's own. Class images are kept per model (cache_dir()/data/class-star-<model>):
+    another model's prior is another set, and so is a new version of the committed toy-world model (the
+    digest of its UNet weights is part of the name).
     """
-    from .models import DEFAULT_MODEL, TINY_RESOLUTION
+    from .models import DEFAULT_MODEL, TOY_MODEL, native_resolution, toy_world_path
     from .train.config import TrainConfig, fast
 
     model = str(changes.get("pretrained_model_name_or_path", DEFAULT_MODEL))
     slug = re.sub(r"[^\w.]+", "-", model).strip("-")
+    if model == TOY_MODEL:
+        slug += "-" + file_hash(next((toy_world_path() / "unet").glob("*.safetensors")))[:8]
+    noun = SAMPLE_CLASS_PROMPT.split()[-1]
     config = TrainConfig(
         pretrained_model_name_or_path=model, instance_data_dir=str(sample_photos_dir()),
         instance_prompt=SAMPLE_PROMPT, class_prompt=SAMPLE_CLASS_PROMPT, with_prior_preservation=with_prior,
-        class_data_dir=str(cache_dir() / "data" / f"class-person-{slug}"), num_class_images=16,
-        resolution=TINY_RESOLUTION, train_batch_size=2, sample_batch_size=4, seed=0,
+        class_data_dir=str(cache_dir() / "data" / f"class-{noun}-{slug}"), num_class_images=16,
+        resolution=native_resolution(model), center_crop=True, train_batch_size=2, sample_batch_size=4, seed=0,
         output_dir=str(Path("outputs") / "sample-subject"), report_to="none",
     )
     return fast(config.replace(**changes))

@@ -1,7 +1,7 @@
 """`python -m dreambooth_nb.demo`: the main job on the embedded defaults, offline.
 
-Fine-tunes the default model on the offline subject photos, then writes a before/after grid and
-the loss plot under outputs/demo/.
+Fine-tunes the default model (toy-world) on the offline subject photos (a purple star with yellow
+stripes that it never saw), then writes a before/after grid and the loss plot under outputs/demo/.
 """
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PROMPTS = ["a photo of sks person", "a photo of sks person on the beach", "a painting of sks person", "a photo of a person"]
+from dreambooth_nb.toyworld.evaluate import GUIDANCE  # the toy-world model follows prompts best near 4
+PROMPTS = ["a photo of sks star", "a photo of sks star on a white background", "a photo of a big sks star",
+           "a photo of sks star on a green background", "a photo of a star", "a photo of a red circle"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dreambooth_nb.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="folder for the model, grid and plot")
-    parser.add_argument("--steps", type=int, default=60, help="training steps")
+    parser.add_argument("--steps", type=int, default=100, help="training steps")
     parser.add_argument("--model", default=None, help="model (default: the embedded default)")
     parser.add_argument("--device", default=None, help="auto, Ascend, GPU or CPU")
     return parser.parse_args(argv)
@@ -29,32 +31,38 @@ def main(argv=None) -> int:
         return run(args)
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG through a temporary file (no half-written file on interruption)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     """Sample before, fine-tune, sample after; save the grid and the loss plot."""
     import dreambooth_nb as db
     from dreambooth_nb.infer import pipeline_from_components, with_scheduler
-    from dreambooth_nb.train import fast
-    from dreambooth_nb.viz import image_grid, save_atomic
 
     out = Path(args.out)
     db.setup(device=args.device, seed=0)
-    config = fast(db.TrainConfig(
-        pretrained_model_name_or_path=args.model or db.DEFAULT_MODEL, output_dir=str(out / "model"),
-        resolution=64, train_batch_size=1, max_train_steps=args.steps, learning_rate=1e-4,
-        lr_warmup_steps=0, seed=0, center_crop=True,
-    ))
+    config = db.sample_config(  # shortened under DREAMBOOTH_NB_FAST=1
+        with_prior=False, pretrained_model_name_or_path=args.model or db.DEFAULT_MODEL, output_dir=str(out / "model"),
+        train_batch_size=4, max_train_steps=args.steps, learning_rate=1e-4, lr_warmup_steps=0,
+    )
     components = db.load_components(config.pretrained_model_name_or_path)
     pipe = with_scheduler(pipeline_from_components(components))
     pipe.set_progress_bar_config(disable=True)
     seeds = list(range(len(PROMPTS)))
     print("sampling before training ...")
-    before = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20)
+    before = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20, guidance_scale=GUIDANCE)
     result = db.train_dreambooth(config, components)
     print("sampling after training ...")
-    after = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20)
-    grid = save_atomic(image_grid(before + after, ncols=len(PROMPTS)), out / "before_after.png")
-    fig = result.plot()
-    fig.savefig(out / "loss.png", dpi=120)
+    after = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20, guidance_scale=GUIDANCE)
+    titles = [f"before: {p}" for p in PROMPTS] + [f"after: {p}" for p in PROMPTS]
+    grid = save_figure(db.show_images(before + after, titles=titles, ncols=len(PROMPTS)), out / "before_after.png")
+    save_figure(result.plot(), out / "loss.png")
     print(f"before (top) / after (bottom) grid: {grid}\nloss plot: {out / 'loss.png'}\nmodel: {result.output_dir}")
     return 0
 

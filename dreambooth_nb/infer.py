@@ -91,6 +91,30 @@ def checkpoint_components(folder: Path, base_model: str):
     return components
 
 
+def load_weights(pipe, model: str | os.PathLike) -> list[str]:
+    """Put the networks a run saved (an output_dir or a checkpoint-N: unet/, text_encoder/) into an existing pipeline.
+
+    The pipeline keeps its compiled sampling graphs, so switching between models costs neither a second
+    compile nor a second copy of the graphs in memory. Returns the names of the networks replaced.
+    """
+    import mindspore as ms
+
+    folder = Path(model)
+    parts = [name for name in ("unet", "text_encoder") if (folder / name / "config.json").is_file()]
+    if not parts:
+        raise FileNotFoundError(f"{folder} holds no unet/ or text_encoder/ folder: give a training output_dir or "
+                                f"one of its checkpoint-N folders.")
+    for name in parts:
+        target = getattr(pipe, name)
+        saved = type(target).from_pretrained(str(folder / name))
+        values = dict(saved.parameters_and_names())
+        by_name = {param.name: values[key] for key, param in target.parameters_and_names()}
+        not_loaded, _ = ms.load_param_into_net(target, by_name, strict_load=True)
+        if not_loaded:
+            raise ValueError(f"{folder / name} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
+    return parts
+
+
 def default_size(pipe) -> int:
     """The image size the pipeline was trained for (UNet sample size x VAE scale factor)."""
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
@@ -99,7 +123,13 @@ def default_size(pipe) -> int:
 def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = 0, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, size: int | None = None,
              batch_size: int = 4) -> list:
-    """PIL images, one per (prompt, seed) pair; the same seed and prompt always give the same image."""
+    """PIL images, one per (prompt, seed) pair; the same seed and prompt always give the same image.
+
+    Every call to the pipeline holds exactly batch_size pictures (a short batch is padded, the extras
+    dropped): the sampling loop compiles once for a pipeline, and a picture does not depend on how many
+    others were drawn with it (another batch shape is another graph, with last-bit differences).
+    Use batch_size=1 for single pictures from a large model.
+    """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
@@ -107,12 +137,13 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = 0,
     size = size or default_size(pipe)
     images = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        generators = [np.random.default_rng(s) for s in seeds[start:start + batch_size]]
-        out = pipe(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+        chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        generators = [np.random.default_rng(s) for s in chunk_seeds + chunk_seeds[:1] * pad]
+        out = pipe(chunk + chunk[:1] * pad, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
                    height=size, width=size, generator=generators, output_type="pil")
-        images += list(out[0])
+        images += list(out[0])[:len(chunk)]
     return images
 
 

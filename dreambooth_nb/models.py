@@ -12,8 +12,9 @@ from typing import Any
 
 from .runtime import cache_dir, import_quietly
 
-TINY_MODEL = "tiny-random"  # a randomly initialised tiny SD, built offline in seconds
-DEFAULT_MODEL = TINY_MODEL
+TINY_MODEL = "tiny-random"  # a randomly initialised tiny SD, built offline in seconds (fast unit tests)
+TOY_MODEL = "toy-world"  # the committed SD pretrained on coloured shapes (chapter 06): the notebooks' default
+DEFAULT_MODEL = TOY_MODEL
 TINY_RESOLUTION = 64
 TINY_SEED = 0
 # Whole words the tiny tokenizer knows as single tokens; anything else (like "sks") splits into pieces.
@@ -175,7 +176,7 @@ def toy_world_path() -> Path:
     return toy_model_path()
 
 
-EMBEDDED_MODELS = {TINY_MODEL: tiny_model_path, "toy-world": toy_world_path}
+EMBEDDED_MODELS = {TOY_MODEL: toy_world_path, TINY_MODEL: tiny_model_path}
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
@@ -319,6 +320,18 @@ def encode_prompt(components: Components, prompt: str):
 def vae_factor(components: Components) -> int:
     """How many pixels one latent position covers per side (1 for a model without VAE)."""
     return 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+
+
+def native_resolution(name_or_path: str | os.PathLike | None = None, fallback: int = 512) -> int:
+    """The image size a model was built for, read from its config files (fallback when they are not local)."""
+    if str(name_or_path or DEFAULT_MODEL) == TINY_MODEL:
+        return TINY_RESOLUTION  # known without building it (building runs MindSpore before setup())
+    folder = resolve_model(name_or_path)
+    unet, vae = read_subfolder_config(folder, "unet"), read_subfolder_config(folder, "vae")
+    if not unet or "sample_size" not in unet:
+        return fallback
+    factor = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 1
+    return int(unet["sample_size"]) * factor
 
 
 def model_resolution(components: Components) -> int:

@@ -67,8 +67,8 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
 
     Resumable: what is already there counts, and image i always comes from seed + i, so an
     interrupted run continues where it stopped. Each file is written atomically and named
-    class-<index>-<hash>.png. Every batch has batch_size images (a short one is padded and the
-    extra images dropped): a new shape would make GRAPH mode compile the sampling loop again.
+    class-<index>-<hash>.png. Every batch has batch_size images (infer.generate pads a short one):
+    a new shape would make GRAPH mode compile the sampling loop again.
     """
     from tqdm.auto import tqdm
 
@@ -85,9 +85,8 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
     with tqdm(total=len(todo), desc="class images", disable=not progress, unit="img") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            seeds = [seed + i for i in chunk + chunk[-1:] * (batch_size - len(chunk))]
-            images = infer.generate(pipe, [prompt] * batch_size, seeds, num_inference_steps=steps,
-                                    batch_size=batch_size)
+            images = infer.generate(pipe, [prompt] * len(chunk), [seed + i for i in chunk], num_inference_steps=steps,
+                                    batch_size=batch_size)  # a short last batch is padded there
             for index, image in zip(chunk, images):
                 written.append(save_atomic(image, folder / content_name(image, index)))
             bar.update(len(chunk))

@@ -250,7 +250,7 @@ class SpeedCheck:
 def speed_check(unet=None, batch: int = 2, repeats: int = 3) -> SpeedCheck:
     """Time a UNet forward compiled (a Cell call in GRAPH mode) and op by op (its construct called directly).
 
-    unet: any UNet2DConditionModel; the embedded tiny model's when None.
+    unet: any UNet2DConditionModel; the default model's when None.
     """
     import time
 
@@ -296,7 +296,7 @@ def error_summary(error: BaseException) -> str:
     wanted = re.search(r"alloc size: (\d+)B", text)
     if "Memory not enough" in text or "Memory isn't enough" in text:
         size = f" (one kernel asked for {int(wanted.group(1)) / 2**30:.1f} GiB)" if wanted else ""
-        return (f"MindSpore ran out of memory{size}. Lower --resolution (the embedded tiny model works at 64) or "
+        return (f"MindSpore ran out of memory{size}. Lower --resolution (the default toy-world model works at 32) or "
                 f"--train_batch_size, or add --gradient_checkpointing.")
     lines = [line.strip(" -") for line in text.splitlines()]
     first = next((line for line in lines if line and not line.startswith("C++ Call Stack")), "")

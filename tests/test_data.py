@@ -277,11 +277,13 @@ def test_batch_indices_are_full_shuffled_epochs():
 def test_sample_config_is_short_under_the_fast_profile(monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "1")
     config = data.sample_config()
-    assert config.with_prior_preservation and config.num_class_images == 4 and config.resolution == 64
+    assert config.with_prior_preservation and config.num_class_images == 4
+    assert config.pretrained_model_name_or_path == "toy-world" and config.resolution == 32, "the model's own size"
     config.validate()
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "0")
     assert data.sample_config(with_prior=False, num_class_images=8).num_class_images == 8
-    other = data.sample_config(pretrained_model_name_or_path="toy-world")
+    other = data.sample_config(pretrained_model_name_or_path="tiny-random")
+    assert other.resolution == 64
     assert other.class_data_dir != config.class_data_dir, "each model keeps its own class images"
 
 
@@ -295,7 +297,8 @@ def test_training_batch_puts_the_instance_half_first(tmp_path):
     classes.mkdir()
     for i in range(3):
         photo((64, 64), seed=20 + i).save(classes / f"c{i}.png")
-    config = data.sample_config(class_data_dir=str(classes), num_class_images=3, train_batch_size=2, center_crop=True)
+    config = data.sample_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(classes),
+                                num_class_images=3, train_batch_size=2, center_crop=True)
     components = load_components(config.pretrained_model_name_or_path)
     batch = data.training_batch(config, components, step=0)
     assert batch.halves == ["instance", "instance", "class", "class"]

@@ -43,3 +43,27 @@ def test_compare_models_uses_the_same_prompts_and_seeds(tmp_path):
     assert grid.name == "before_after.png" and len(list(tmp_path.glob("*.png"))) == 5
     width, height = comparison.before[0].size
     assert comparison.grid().size[0] > 2 * width and comparison.grid().size[1] > 2 * height
+
+
+def test_generate_gives_the_pipeline_batches_of_one_size_and_keeps_each_seeds_picture():
+    """One batch shape per pipeline: one compiled sampler, and a picture that does not depend on its companions."""
+    from PIL import Image
+
+    class Recorder:
+        unet = type("U", (), {"config": type("C", (), {"sample_size": 4})()})()
+        vae_scale_factor = 2
+        calls = []
+
+        def __call__(self, prompts, generator, **kwargs):
+            self.calls.append(len(prompts))
+            assert len(generator) == len(prompts)
+            seeds_drawn = [int(g.integers(0, 255)) for g in generator]
+            return ([Image.new("RGB", (8, 8), (v, 0, 0)) for v in seeds_drawn],)
+
+    pipe = Recorder()
+    images = infer.generate(pipe, ["a", "b", "c", "d", "e"], seeds=[10, 11, 12, 13, 14], batch_size=4)
+    alone = infer.generate(pipe, ["e"], seeds=[14], batch_size=4)
+    assert pipe.calls == [4, 4, 4] and len(images) == 5 and len(alone) == 1
+    expected = [int(np.random.default_rng(s).integers(0, 255)) for s in (10, 11, 12, 13, 14)]
+    assert [im.getpixel((0, 0))[0] for im in images] == expected
+    assert alone[0].getpixel((0, 0)) == images[4].getpixel((0, 0))

@@ -58,7 +58,7 @@ def test_interrupted_generation_resumes_without_redoing_work(tmp_path, calls):
     assert {name: (folder / name).read_bytes() for name in first} == first, "earlier files are kept as they were"
     indices = sorted(int(prior.CLASS_NAME.match(n).group(1)) for n in names(folder))
     assert indices == list(range(7))
-    assert calls["seeds"][2:] == [[13, 14, 15], [16, 16, 16]], "seeds 10-12 are not made again; last batch padded"
+    assert calls["seeds"][2:] == [[13, 14, 15], [16]], "seeds 10-12 are not made again"
     assert prior.generate_class_images(FakePipe(), folder, "a photo of a dog", 7, progress=False) == []
 
 
@@ -80,7 +80,7 @@ def test_missing_indices_are_filled_in_and_other_images_count(tmp_path, calls):
     assert prior.missing_class_images(folder, 5) == 2
     assert prior.indices_to_make(folder, 5) == [1, 3]
     prior.generate_class_images(FakePipe(), folder, "p", 5, batch_size=4, seed=0, progress=False)
-    assert calls["seeds"] == [[1, 3, 3, 3]], "the short batch is padded to batch_size"
+    assert calls["seeds"] == [[1, 3]], "only the missing indices (generate pads the batch)"
     assert len(data.list_images(folder)) == 5
 
 
@@ -103,7 +103,7 @@ def test_ensure_class_images_fills_the_config_folder_once(tmp_path, calls, monke
     monkeypatch.setattr(prior, "class_image_pipeline", lambda components: FakePipe())
     config = data.sample_config(class_data_dir=str(tmp_path / "cls"), num_class_images=3, sample_batch_size=2, seed=5)
     assert prior.ensure_class_images(config, components=None) == tmp_path / "cls"
-    assert len(data.list_images(tmp_path / "cls")) == 3 and calls["seeds"] == [[5, 6], [7, 7]]
+    assert len(data.list_images(tmp_path / "cls")) == 3 and calls["seeds"] == [[5, 6], [7]]
     assert "making 3 more" in capsys.readouterr().out
     prior.ensure_class_images(config, components=None)
     assert len(calls["seeds"]) == 2, "nothing is generated when the folder is full"
@@ -128,7 +128,8 @@ def test_class_images_and_loss_terms_with_the_tiny_model(tmp_path):
     from dreambooth_nb import models, runtime
 
     runtime.current()
-    config = data.sample_config(class_data_dir=str(tmp_path / "cls"), num_class_images=2, sample_batch_size=2)
+    config = data.sample_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(tmp_path / "cls"),
+                                num_class_images=2, sample_batch_size=2)
     components = models.load_components(config.pretrained_model_name_or_path)
     prior.ensure_class_images(config, components, progress=False)
     assert ms.get_context("mode") == ms.GRAPH_MODE

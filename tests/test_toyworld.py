@@ -99,5 +99,30 @@ def test_score_text_has_one_aligned_row_per_model():
 
     scores = {c: 0.5 for c in SCORE_COLUMNS} | {"class colours": 3}
     lines = score_text({"no prior": scores, "with prior": scores}).splitlines()
-    assert len(lines) == 3 and lines[1].startswith("no prior") and lines[2].split()[-2:] == ["3", "0.50"]
+    assert len(lines) == 3 and lines[1].startswith("no prior") and lines[2].split()[-3:] == ["3", "0.50", "0.50"]
     assert len({len(line) for line in lines}) == 1
+
+
+def test_model_card_tells_every_run_of_a_continued_pretraining():
+    from dreambooth_nb.toyworld import pretrain
+
+    first = dict(args=vars(pretrain.parse_args(["--out", "outputs/toyworld"])), vae_loss=0.03, unet_loss=0.02,
+                 scaling_factor=0.3, wall_s=60.0, cpu_s=100.0, stage_s={"vae": 600.0, "unet": 1200.0})
+    second_args = pretrain.parse_args(["--out", "outputs/toyworld-2", "--init_from", "outputs/toyworld/model",
+                                       "--vae_steps", "0", "--snr_gamma", "5"])
+    second = dict(args=vars(second_args), vae_loss=None, unet_loss=0.01, scaling_factor=0.3, wall_s=60.0, cpu_s=100.0,
+                  stage_s={"unet": 1800.0}, started_from=first)
+    card = pretrain.model_card(second)
+    assert "### Run 1: from scratch" in card and "### Run 2: continued from run 1" in card
+    assert "VAE: kept as it was" in card and "Min-SNR weighting (gamma 5.0)" in card
+    assert "60 min of wall time in all" in card
+    commands = [line for line in card.splitlines() if line.startswith("python -m dreambooth_nb.toyworld.pretrain")]
+    assert commands[0].startswith("python -m dreambooth_nb.toyworld.pretrain --out outputs/toyworld --images")
+    assert "--init_from=outputs/toyworld/model" in commands[1] and commands[1].endswith("--install")
+
+
+def test_init_from_a_folder_without_a_model_says_what_to_give(tmp_path):
+    from dreambooth_nb.toyworld import pretrain
+
+    with pytest.raises(FileNotFoundError, match="diffusers layout"):
+        pretrain.load_networks(tmp_path)

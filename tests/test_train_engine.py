@@ -11,11 +11,12 @@ from dreambooth_nb.train import checkpoint as ckpt
 from dreambooth_nb.train.report import read_metrics
 
 STEPS, STOP = 6, 3
+TINY = "tiny-random"  # the random tiny model: fastest to build, and its weights move visibly in 6 steps
 
 
 def _config(output_dir, **changes) -> db.TrainConfig:
-    settings = dict(output_dir=str(output_dir), resolution=32, train_batch_size=1, max_train_steps=STEPS,
-                    learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=1, seed=0, checkpointing_steps=2,
+    settings = dict(pretrained_model_name_or_path=TINY, output_dir=str(output_dir), resolution=32, train_batch_size=1,
+                    max_train_steps=STEPS, learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=1, seed=0, checkpointing_steps=2,
                     report_to="none", center_crop=False)
     return db.TrainConfig(**{**settings, **changes})
 
@@ -25,15 +26,15 @@ def runs(tmp_path_factory):
     """One run that never stops, and one stopped after STOP steps then resumed from 'latest' in a fresh process state."""
     runtime.setup(device="CPU", show=False)
     root = tmp_path_factory.mktemp("train")
-    full_components = db.load_components()
+    full_components = db.load_components(TINY)
     full = db.train_dreambooth(
         _config(root / "full", checkpoints_total_limit=2, report_to="tensorboard",
                 validation_prompt="a photo of sks person", validation_steps=STEPS, num_validation_images=1),
         full_components, progress=False)
-    stopped = db.train_dreambooth(_config(root / "stopped"), db.load_components(), progress=False,
+    stopped = db.train_dreambooth(_config(root / "stopped"), db.load_components(TINY), progress=False,
                                   on_step=db.stop_after(STOP))
     stopped_listing = sorted(p.name for p in (root / "stopped").iterdir())
-    resumed = db.train_dreambooth(_config(root / "stopped", resume_from_checkpoint="latest"), db.load_components(),
+    resumed = db.train_dreambooth(_config(root / "stopped", resume_from_checkpoint="latest"), db.load_components(TINY),
                                   progress=False)
     return dict(root=root, full=full, full_components=full_components, stopped=stopped,
                 stopped_listing=stopped_listing, resumed=resumed)

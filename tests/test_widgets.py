@@ -63,7 +63,7 @@ def test_prior_without_class_prompt_is_refused_on_its_checkbox(panel):
 def test_empty_instance_prompt_is_refused(panel):
     panel.set("instance_prompt", "  ")
     assert "--instance_prompt" in panel.messages["instance_prompt"].value
-    assert panel.config.instance_prompt == "a photo of sks person"
+    assert panel.config.instance_prompt == "a photo of sks star"
 
 
 def test_problems_are_routed_by_flag():

@@ -14,6 +14,7 @@ from . import judge as judging
 from . import scenes
 
 MODEL = "toy-world"
+GUIDANCE = 4.0  # classifier-free guidance that suits the toy-world model (prompts followed, colours not burnt)
 
 
 def prompt_pairs() -> list[tuple[str, str]]:
@@ -21,14 +22,12 @@ def prompt_pairs() -> list[tuple[str, str]]:
     return [(c, s) for s in scenes.SHAPES for c in scenes.COLOURS]
 
 
-def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 4.0, batch_size: int = 10):
-    """Images for the prompts with seeds seed, seed+1, ...; padded so every call has the same batch size."""
+def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = GUIDANCE, batch_size: int = 4):
+    """Images for the prompts with seeds seed, seed+1, ... (generate keeps every batch the same size)."""
     from ..infer import generate
 
-    pad = (-len(prompts)) % batch_size
-    images = generate(pipe, list(prompts) + list(prompts[:1]) * pad, list(range(seed, seed + len(prompts) + pad)),
-                      num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size)
-    return images[:len(prompts)]
+    return generate(pipe, list(prompts), list(range(seed, seed + len(prompts))), num_inference_steps=steps,
+                    guidance_scale=guidance, batch_size=batch_size)
 
 
 def prompt_agreement(pipe, judge=None, per_prompt: int = 4, **sampling) -> dict:
@@ -60,6 +59,7 @@ def dreambooth_scores(pipe, instance_images, judge=None, n: int = 20, **sampling
         "subject is a star": float(np.mean([s == "star" for s in judge.shapes(subject)])),
         "class is a star": float(np.mean([s == "star" for s in judge.shapes(classes)])),
         "class colours": len([c for c in class_colours if c != "none"]),
+        "class similarity": judging.similarity(classes, instance_images),
         "class like subject": subject_likeness(classes, instance_images),
         "subject_images": subject, "class_images": classes,
     }
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default=MODEL, help="Embedded name or a folder in diffusers layout.")
     p.add_argument("--per_prompt", type=int, default=4, help="Images per (colour, shape) prompt.")
     p.add_argument("--steps", type=int, default=20, help="Sampling steps (DPM-Solver++).")
-    p.add_argument("--guidance", type=float, default=4.0, help="Classifier-free guidance scale.")
+    p.add_argument("--guidance", type=float, default=GUIDANCE, help="Classifier-free guidance scale.")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from .. import runtime

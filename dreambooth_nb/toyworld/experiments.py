@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime import cache_dir, fast_profile
+from ..runtime import fast_profile
 from . import evaluate, judge, scenes
 
 # steps of each DreamBooth run: (normal, DREAMBOOTH_NB_FAST=1)
@@ -28,33 +28,19 @@ def toy_subject_images(n: int = 5):
     return scenes.subject_images(n)
 
 
-def toy_subject_dir(n: int = 5) -> Path:
-    """A folder holding the subject's instance photos as PNGs (written once)."""
-    from ..viz import save_atomic
-
-    folder = cache_dir() / "data" / f"toy-sks-star-{n}"
-    for i, image in enumerate(toy_subject_images(n)):
-        if not (folder / f"sks-star-{i}.png").is_file():
-            save_atomic(image, folder / f"sks-star-{i}.png")
-    return folder
-
-
 def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes):
-    """TrainConfig for the toy subject, with or without prior preservation (short under DREAMBOOTH_NB_FAST=1)."""
-    from ..train import TrainConfig
+    """Chapter 06's runs: the sample subject on toy-world, with or without prior preservation (short when fast)."""
+    from ..data import sample_config
 
     fast = fast_profile()
     name = "with-prior" if prior else "no-prior"
-    config = TrainConfig(
-        pretrained_model_name_or_path=evaluate.MODEL, instance_data_dir=str(toy_subject_dir()),
-        instance_prompt=scenes.SUBJECT_PROMPT, class_prompt=scenes.SUBJECT_CLASS_PROMPT,
-        class_data_dir=str(cache_dir() / "data" / "toy-class-star"), with_prior_preservation=prior,
-        num_class_images=CLASS_IMAGES[fast], sample_batch_size=8, resolution=scenes.SIZE, center_crop=True,
-        train_batch_size=4, max_train_steps=STEPS[fast], learning_rate=1e-4, lr_warmup_steps=0,
-        train_text_encoder=False, checkpointing_steps=10_000, report_to="none", seed=0,
+    settings = dict(
+        num_class_images=CLASS_IMAGES[fast], sample_batch_size=8, train_batch_size=4, max_train_steps=STEPS[fast],
+        learning_rate=1e-4, lr_warmup_steps=0, checkpointing_steps=10_000,
         output_dir=output_dir or str(Path("outputs") / "toyworld-dreambooth" / name),
     )
-    return config.replace(**changes)
+    # chapter 06's own step counts apply (the fast profile's 8 steps would show nothing)
+    return sample_config(prior, pretrained_model_name_or_path=evaluate.MODEL).replace(**{**settings, **changes})
 
 
 def toy_judge():
@@ -72,7 +58,8 @@ def toy_dreambooth_scores(pipe, n: int | None = None) -> dict:
     return evaluate.dreambooth_scores(pipe, toy_subject_images(), n=n or (10 if fast_profile() else 20))
 
 
-SCORE_COLUMNS = ("subject similarity", "subject is a star", "class is a star", "class colours", "class like subject")
+SCORE_COLUMNS = ("subject similarity", "subject is a star", "class is a star", "class colours", "class similarity",
+                 "class like subject")
 
 
 def score_text(rows: dict[str, dict]) -> str:
@@ -86,14 +73,16 @@ def score_text(rows: dict[str, dict]) -> str:
 
 def run_experiments(steps: int | None = None, progress: bool = True) -> dict[str, dict]:
     """Scores of the pretrained model and of DreamBooth runs without and with prior preservation."""
-    from ..infer import load_pipeline
+    from ..infer import load_pipeline, load_weights
     from ..train import train_dreambooth
 
-    rows = {"pretrained": toy_dreambooth_scores(load_pipeline(evaluate.MODEL))}
+    pipe = load_pipeline(evaluate.MODEL)  # one pipeline: each run's weights are swapped in (one compiled sampler)
+    rows = {"pretrained": toy_dreambooth_scores(pipe)}
     for name, prior in (("no prior", False), ("with prior", True)):
         config = toy_dreambooth_config(prior=prior, **({"max_train_steps": steps} if steps else {}))
         train_dreambooth(config, progress=progress)
-        rows[name] = toy_dreambooth_scores(load_pipeline(config.output_dir))
+        load_weights(pipe, config.output_dir)
+        rows[name] = toy_dreambooth_scores(pipe)
     return rows
 
 

@@ -33,14 +33,14 @@ class TrainConfig:
     """DreamBooth training settings, named as the flags of mindone's train_dreambooth.py."""
 
     # model
-    pretrained_model_name_or_path: str = flag("tiny-random", "Hub id, local diffusers folder, or an embedded model name (tiny-random).", group="model")
+    pretrained_model_name_or_path: str = flag("toy-world", "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model")
     revision: str | None = flag(None, "Revision of the model on the hub.", group="model")
     variant: str | None = flag(None, "Variant of the model files, e.g. fp16.", group="model")
     tokenizer_name: str | None = flag(None, "Tokenizer name or path if not the model's own.", group="model")
     # data
     instance_data_dir: str | None = flag(None, "Folder of instance photos (default: the offline sample photos).", group="data")
     class_data_dir: str | None = flag(None, "Folder of class images for prior preservation (made when missing).", group="data")
-    instance_prompt: str = flag("a photo of sks person", "Prompt with the identifier, e.g. 'a photo of sks dog'.", group="data")
+    instance_prompt: str = flag("a photo of sks star", "Prompt with the identifier, e.g. 'a photo of sks dog'.", group="data")
     class_prompt: str | None = flag(None, "Prompt for the subject's class, e.g. 'a photo of a dog'.", group="data")
     with_prior_preservation: bool = flag(False, "Add the prior-preservation loss on class images.", group="data")
     prior_loss_weight: float = flag(1.0, "Weight lambda of the prior-preservation loss.", group="data")
@@ -194,7 +194,7 @@ def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
 
     settings = dict(
         output_dir=TUTORIAL_OUTPUT, max_train_steps=200, learning_rate=1e-4, lr_warmup_steps=0,
-        checkpointing_steps=50, checkpoints_total_limit=2, validation_prompt="a photo of sks person on the beach",
+        checkpointing_steps=50, checkpoints_total_limit=2, validation_prompt="a photo of sks star on a blue background",
         num_validation_images=2, validation_steps=100, report_to="tensorboard",
     )
     if not with_prior:  # no class settings on the command line when they would be ignored
@@ -242,7 +242,7 @@ def _check_optimizer(c: TrainConfig) -> list[str]:
 
 def _check_resolution(c: TrainConfig) -> list[str]:
     if c.resolution < 8 or c.resolution % 8:
-        return [f"--resolution={c.resolution} must be a multiple of 8 (Stable Diffusion's VAE downsamples by 8; try 512, or 64 for the tiny model)."]
+        return [f"--resolution={c.resolution} must be a multiple of 8 (Stable Diffusion's VAE downsamples by 8; try 512, or 32 for the default toy-world model)."]
     return []
 
 
