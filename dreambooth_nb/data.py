@@ -14,13 +14,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .runtime import cache_dir
+from .toyworld import scenes
 from .viz import save_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # The default subject: a purple star with yellow stripes that the toy-world model never saw (chapter 06).
 SAMPLE_SUBJECT = "sks-star"
-SAMPLE_PROMPT = "a photo of sks star"
-SAMPLE_CLASS_PROMPT = "a photo of a star"
+SAMPLE_PROMPT = scenes.SUBJECT_PROMPT  # "a photo of sks star"
+SAMPLE_CLASS_PROMPT = scenes.SUBJECT_CLASS_PROMPT  # "a photo of a star"
 EXAMPLE_DATASET = "diffusers/dog-example"  # the photos of the DreamBooth guides (5 photos of a dog)
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DREAMBOOTH_NB_OFFLINE")
 HUB_ADDRESS = ("huggingface.co", 443)
@@ -43,8 +44,6 @@ def sample_photo() -> Image.Image:
 
 def sample_photos_dir(n: int = 5) -> Path:
     """A folder of n offline photos of the default subject, the toy world's striped star (PNGs, written once)."""
-    from .toyworld import scenes
-
     folder = cache_dir() / "data" / f"{SAMPLE_SUBJECT}-{n}"
     for i, image in enumerate(scenes.subject_images(n)):
         if not (folder / f"{SAMPLE_SUBJECT}-{i}.png").is_file():
@@ -126,7 +125,8 @@ def get_instance_photos(source: str | os.PathLike | None = EXAMPLE_DATASET, offl
                 raise DataError(f"{source} is neither a local folder nor a dataset on the Hugging Face hub "
                                 f"({type(exc).__name__}). Check the name, or pass the folder of your photos.") from exc
             reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    print(f"Cannot download {source} because {reason}, so the offline sample photos (the toy world's striped star) are used instead.")
+    print(f"Cannot download {source} because {reason}, "
+          f"so the offline sample photos (the toy world's striped star) are used instead.")
     return sample_photos_dir()
 
 

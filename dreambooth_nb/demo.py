@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from dreambooth_nb.toyworld.evaluate import GUIDANCE  # the toy-world model follows prompts best near 4
+
 PROMPTS = ["a photo of sks star", "a photo of sks star on a white background", "a photo of a big sks star",
            "a photo of sks star on a green background", "a photo of a star", "a photo of a red circle"]
 

@@ -319,7 +319,12 @@ def encode_prompt(components: Components, prompt: str):
 
 def vae_factor(components: Components) -> int:
     """How many pixels one latent position covers per side (1 for a model without VAE)."""
-    return 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae is not None else 1
+    return downsampling_factor(components.vae.config if components.vae is not None else None)
+
+
+def downsampling_factor(vae_config) -> int:
+    """Pixels per latent position per side, from a VAE config (each block after the first halves the size)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1) if vae_config else 1
 
 
 def native_resolution(name_or_path: str | os.PathLike | None = None, fallback: int = 512) -> int:
@@ -330,8 +335,7 @@ def native_resolution(name_or_path: str | os.PathLike | None = None, fallback: i
     unet, vae = read_subfolder_config(folder, "unet"), read_subfolder_config(folder, "vae")
     if not unet or "sample_size" not in unet:
         return fallback
-    factor = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 1
-    return int(unet["sample_size"]) * factor
+    return int(unet["sample_size"]) * downsampling_factor(vae)
 
 
 def model_resolution(components: Components) -> int:
