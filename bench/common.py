@@ -16,7 +16,10 @@ WARMUP_STEPS = 2
 
 
 def native_resolution(model: str) -> int:
-    """The image size the model folder was built for: UNet sample size x the VAE's downsampling factor."""
+    """The image size the model folder was built for: UNet sample size x the VAE's downsampling factor.
+
+    (dreambooth_nb.models.native_resolution does the same; this side also runs in the PyTorch venv, without it.)
+    """
     unet = json.loads((Path(model) / "unet" / "config.json").read_text())
     vae = json.loads((Path(model) / "vae" / "config.json").read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)

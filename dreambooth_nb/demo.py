@@ -32,19 +32,11 @@ def main(argv=None) -> int:
         return run(args)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write a matplotlib figure as PNG through a temporary file (no half-written file on interruption)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     """Sample before, fine-tune, sample after; save the grid and the loss plot."""
     import dreambooth_nb as db
     from dreambooth_nb.infer import pipeline_from_components, with_scheduler
+    from dreambooth_nb.viz import save_atomic
 
     out = Path(args.out)
     db.setup(device=args.device, seed=0)
@@ -62,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print("sampling after training ...")
     after = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20, guidance_scale=GUIDANCE)
     titles = [f"before: {p}" for p in PROMPTS] + [f"after: {p}" for p in PROMPTS]
-    grid = save_figure(db.show_images(before + after, titles=titles, ncols=len(PROMPTS)), out / "before_after.png")
-    save_figure(result.plot(), out / "loss.png")
+    grid = save_atomic(db.show_images(before + after, titles=titles, ncols=len(PROMPTS)), out / "before_after.png")
+    save_atomic(result.plot(), out / "loss.png")
     print(f"before (top) / after (bottom) grid: {grid}\nloss plot: {out / 'loss.png'}\nmodel: {result.output_dir}")
     return 0
 

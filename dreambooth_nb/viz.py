@@ -68,13 +68,16 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
-def save_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Save an image by writing a temporary file and renaming it, so no half-written file is left."""
+def save_atomic(image, path: str | os.PathLike) -> Path:
+    """Save a PIL image or a matplotlib figure through a temporary file and a rename: no half-written file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        image.save(tmp)
+        if hasattr(image, "savefig"):
+            image.savefig(tmp, dpi=120)
+        else:
+            image.save(tmp)
         os.replace(tmp, path)
     except BaseException:  # an interrupt or a full disk leaves no temporary file behind
         tmp.unlink(missing_ok=True)

@@ -10,10 +10,11 @@ from collections import Counter
 
 import numpy as np
 
+from ..models import TOY_MODEL
 from . import judge as judging
 from . import scenes
 
-MODEL = "toy-world"
+MODEL = TOY_MODEL
 GUIDANCE = 4.0  # classifier-free guidance that suits the toy-world model (prompts followed, colours not burnt)
 
 
