@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 INSTANCE_PROMPT = "a photo of sks star"  # the default subject on the default model (toy-world)
@@ -65,3 +67,25 @@ def summarise(step_seconds: list[float]) -> dict:
         "first_s": round(step_seconds[0], 3),
         "steady_s": round(statistics.median(step_seconds[WARMUP_STEPS:]), 4),
     }
+
+
+def time_calls(call, repeats: int = 3) -> dict:
+    """Seconds of a first call (compiles, where anything does) and the median of `repeats` more; call(i) gets the index."""
+    seconds = []
+    for i in range(1 + repeats):
+        start = time.perf_counter()
+        call(i)
+        seconds.append(time.perf_counter() - start)
+    return {"first_s": round(seconds[0], 3), "steady_s": round(float(statistics.median(seconds[1:])), 4)}
+
+
+def worker_args(argv=None) -> argparse.Namespace:
+    """The flags both workers take: which task, which model and photos, the batch, prior preservation, sampling steps."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["train", "sample"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--photos")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prior", action="store_true")
+    parser.add_argument("--steps", type=int, default=25)
+    return parser.parse_args(argv)

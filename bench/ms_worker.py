@@ -5,27 +5,25 @@ Run by bench/run.py with the project's venv: python bench/ms_worker.py train|sam
 
 from __future__ import annotations
 
-import argparse
 import time
 
-import numpy as np
-
-from common import CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise
+from common import (CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise,
+                    time_calls, worker_args)
 
 
 def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
-    from dreambooth_nb import data
+    from dreambooth_nb.batches import BatchMaker, latent_shape, load_image_set
+    from dreambooth_nb.common.config import TrainConfig
     from dreambooth_nb.models import load_components
-    from dreambooth_nb.train import TrainConfig
-    from dreambooth_nb.train.engine import BatchMaker, build_trainer, latent_shape
+    from dreambooth_nb.train.engine import build_trainer
 
     size = native_resolution(model)
     config = TrainConfig(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=size,
                          train_batch_size=batch, learning_rate=1e-4, lr_warmup_steps=0, center_crop=True, seed=0,
                          instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT)
     components = load_components(model)
-    images = data.load_image_set(photos, config.instance_prompt, components.tokenizer, size)
-    classes = data.load_image_set(photos, config.class_prompt, components.tokenizer, size) if prior else None
+    images = load_image_set(photos, config.instance_prompt, components.tokenizer, size)
+    classes = load_image_set(photos, config.class_prompt, components.tokenizer, size) if prior else None
     config = config.replace(with_prior_preservation=prior, class_data_dir=photos if prior else None)
     steps = WARMUP_STEPS + STEADY_STEPS + 1
     trainer = build_trainer(config, components, steps)
@@ -39,26 +37,16 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
 
 
 def bench_sample(model: str, steps: int) -> dict:
-    from dreambooth_nb.infer import generate, load_pipeline
+    from dreambooth_nb.infer import load_pipeline
+    from dreambooth_nb.sampling import generate
 
     pipe = load_pipeline(model, scheduler="PNDMScheduler")
-    seconds = []
-    for i in range(1 + 3):
-        start = time.perf_counter()
-        generate(pipe, [INSTANCE_PROMPT], [i], num_inference_steps=steps, batch_size=1)  # one image, as the PyTorch side
-        seconds.append(time.perf_counter() - start)
-    return {"first_s": round(seconds[0], 3), "steady_s": round(float(np.median(seconds[1:])), 4)}
+    # one image a call, as the PyTorch side
+    return time_calls(lambda i: generate(pipe, [INSTANCE_PROMPT], [i], num_inference_steps=steps, batch_size=1))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["train", "sample"])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--photos")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prior", action="store_true")
-    parser.add_argument("--steps", type=int, default=25)
-    args = parser.parse_args()
+    args = worker_args()
     import dreambooth_nb as db
 
     db.setup(device="CPU", show=False)

@@ -29,12 +29,12 @@ def prepare(model: str) -> tuple[str, str, str]:
     from common import torch_loadable_copy
 
     import dreambooth_nb as db
-    from dreambooth_nb.models import resolve_model
+    from dreambooth_nb.common.assets import resolve_model
 
     db.setup(device="CPU", show=False)
     ms_model = resolve_model(model)
     pt_model = torch_loadable_copy(Path(ms_model), OUT / "model-pt")
-    return ms_model, str(pt_model), str(db.sample_photos_dir())
+    return ms_model, str(pt_model), str(db.subject_photos_dir())
 
 
 def run_worker(python: str, worker: str, args: list[str]) -> dict:

@@ -5,13 +5,13 @@ Run by bench/run.py with a venv holding torch==2.13.0 and diffusers (see bench/R
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise
+from common import (CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise,
+                    time_calls, worker_args)
 
 
 def load_pixels(photos: str, size: int) -> np.ndarray:
@@ -87,24 +87,12 @@ def bench_sample(model: str, steps: int) -> dict:
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    seconds = []
-    for i in range(1 + 3):
-        start = time.perf_counter()
-        pipe(INSTANCE_PROMPT, num_inference_steps=steps, height=size, width=size,
-             generator=torch.Generator().manual_seed(i))
-        seconds.append(time.perf_counter() - start)
-    return {"first_s": round(seconds[0], 3), "steady_s": round(float(np.median(seconds[1:])), 4)}
+    return time_calls(lambda i: pipe(INSTANCE_PROMPT, num_inference_steps=steps, height=size, width=size,
+                                     generator=torch.Generator().manual_seed(i)))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["train", "sample"])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--photos")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prior", action="store_true")
-    parser.add_argument("--steps", type=int, default=25)
-    args = parser.parse_args()
+    args = worker_args()
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -4,7 +4,18 @@
     db.setup()
 
 Importing this package loads nothing heavy and changes no global state; names are fetched from
-their chapter's module on first use (db.show_images comes from dreambooth_nb.viz, and so on).
+their module on first use (db.show_images comes from dreambooth_nb.common.viz, and so on).
+
+The package is built in floors, each importing only from the floors below it (tests/test_layers.py keeps it so):
+    common/        ground floor: runtime, defaults and the config, files, pictures, embedded models, toy-world scenes
+    data           chapter 01: the subject's photos, their checks and transforms
+    models, sampling   chapter 02: the pieces of Stable Diffusion; pipelines and guided sampling
+    losses, batches, prior   chapter 03: the DreamBooth objective, every step's batch, class images
+    train/         chapter 04: the training engine and `python -m dreambooth_nb.train`
+    infer          chapter 05: the fine-tuned model, before and after
+    toyworld/      chapter 06: the toy world's model, judge and experiments
+    widgets        chapter 07: the playground panels
+    demo, this facade   on top
 """
 
 from __future__ import annotations
@@ -15,31 +26,38 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (one obvious place for each thing)
 _EXPORTS = {
-    "setup": "runtime", "cache_dir": "runtime", "fast_profile": "runtime", "speed_check": "runtime",
-    "sample_photos_dir": "data", "list_images": "data", "load_rgb": "data", "DataError": "data",
-    "get_instance_photos": "data", "check_images": "data", "make_problem_examples": "data",
-    "transform_steps": "data", "normalize": "data", "sample_photo": "data", "sample_config": "data", "training_batch": "data",
-    "load_components": "models", "tiny_model_path": "models", "resolve_model": "models",
-    "tokenize": "models", "DEFAULT_MODEL": "models",
-    "prompt_tokens": "models", "encode_prompt": "models", "vae_round_trip": "models",
-    "noised_versions": "models", "plot_noise_schedule": "models",
+    # ground floor
+    "setup": "common.runtime", "speed_check": "common.runtime",
+    "cache_dir": "common.files", "fast_profile": "common.defaults", "inference_steps": "common.defaults",
+    "DEFAULT_MODEL": "common.defaults", "guidance_for": "common.assets",
+    "TrainConfig": "common.config", "ConfigError": "common.config", "subject_config": "common.config",
+    "tutorial_config": "common.config", "toy_dreambooth_config": "common.config", "playground_config": "common.config",
+    "resolve_model": "common.assets", "subject_photos_dir": "common.assets", "portrait_photo": "common.assets",
+    "tiny_model_path": "common.assets", "training_settings": "common.assets",
+    "show_images": "common.viz", "image_grid": "common.viz", "plot_loss": "common.viz", "LivePlot": "common.viz",
+    # 01
+    "list_images": "data", "load_rgb": "data", "DataError": "data", "get_instance_photos": "data",
+    "check_images": "data", "make_problem_examples": "data", "transform_steps": "data", "normalize": "data",
+    # 02
+    "load_components": "models", "tokenize": "models", "prompt_tokens": "models", "encode_prompt": "models",
+    "vae_round_trip": "models", "noised_versions": "models", "plot_noise_schedule": "models", "add_noise": "models",
+    "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling",
+    # 03
     "ensure_class_images": "prior", "generate_class_images": "prior", "class_images": "prior",
-    "prior_loss_terms": "prior",
-    "TrainConfig": "train", "ConfigError": "train", "train_dreambooth": "train", "TrainResult": "train",
-    "stop_after": "train", "tutorial_config": "train",
+    "prior_loss_terms": "prior", "training_batch": "prior", "dreambooth_loss": "losses",
+    # 04
+    "train_dreambooth": "train.engine", "TrainResult": "train.engine", "stop_after": "train.engine",
     "list_checkpoints": "train.checkpoint", "weight_digest": "train.checkpoint",
     "read_metrics": "train.report", "plot_lr_schedule": "train.report",
     "run_msrun": "train.distributed", "msrun_command": "train.distributed", "msrun_shell": "train.distributed",
-    "load_pipeline": "infer", "load_weights": "infer", "generate": "infer", "save_images": "infer",
-    "with_scheduler": "infer", "compare_models": "infer", "trained_model": "infer", "training_settings": "infer",
-    "inference_steps": "infer",
+    # 05
+    "load_pipeline": "infer", "swap_weights": "infer", "compare_models": "infer", "trained_model": "infer",
+    # 06
     "toy_samples": "toyworld.experiments", "toy_subject_images": "toyworld.experiments",
-    "toy_dreambooth_config": "toyworld.experiments",
-    "toy_judge": "toyworld.experiments", "toy_prompt_agreement": "toyworld.experiments",
-    "toy_dreambooth_scores": "toyworld.experiments", "score_table": "toyworld.experiments",
+    "toy_prompt_agreement": "toyworld.experiments", "toy_dreambooth_scores": "toyworld.experiments",
+    "score_table": "toyworld.experiments",
+    # 07
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",
-    "playground_config": "widgets",
-    "show_images": "viz", "image_grid": "viz", "plot_loss": "viz", "LivePlot": "viz",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dreambooth_nb.toyworld.evaluate import GUIDANCE  # the toy-world model follows prompts best near 4
-
 PROMPTS = ["a photo of sks star", "a photo of sks star on a white background", "a photo of a big sks star",
            "a photo of sks star on a green background", "a photo of a star", "a photo of a red circle"]
 
@@ -25,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from dreambooth_nb.runtime import friendly_errors
+    from dreambooth_nb.common.runtime import friendly_errors
 
     args = parse_args(argv)
     with friendly_errors(Path(args.out) / "error.log"):
@@ -35,24 +33,23 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Sample before, fine-tune, sample after; save the grid and the loss plot."""
     import dreambooth_nb as db
-    from dreambooth_nb.infer import pipeline_from_components, with_scheduler
-    from dreambooth_nb.viz import save_atomic
+    from dreambooth_nb.common.files import save_atomic
+    from dreambooth_nb.sampling import sampling_pipeline
 
     out = Path(args.out)
-    db.setup(device=args.device, seed=0)
-    config = db.sample_config(  # shortened under DREAMBOOTH_NB_FAST=1
+    db.setup(device=args.device)
+    config = db.subject_config(  # shortened under DREAMBOOTH_NB_FAST=1
         with_prior=False, pretrained_model_name_or_path=args.model or db.DEFAULT_MODEL, output_dir=str(out / "model"),
         train_batch_size=4, max_train_steps=args.steps, learning_rate=1e-4, lr_warmup_steps=0,
     )
     components = db.load_components(config.pretrained_model_name_or_path)
-    pipe = with_scheduler(pipeline_from_components(components))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sampling_pipeline(components)
     seeds = list(range(len(PROMPTS)))
     print("sampling before training ...")
-    before = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20, guidance_scale=GUIDANCE)
+    before = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20)
     result = db.train_dreambooth(config, components)
     print("sampling after training ...")
-    after = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20, guidance_scale=GUIDANCE)
+    after = db.generate(pipe, PROMPTS, seeds, num_inference_steps=20)
     titles = [f"before: {p}" for p in PROMPTS] + [f"after: {p}" for p in PROMPTS]
     grid = save_atomic(db.show_images(before + after, titles=titles, ncols=len(PROMPTS)), out / "before_after.png")
     save_atomic(result.plot(), out / "loss.png")

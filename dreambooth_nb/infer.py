@@ -1,4 +1,4 @@
-"""Chapter 05: sampling images from a (fine-tuned) pipeline with a compiled UNet and fixed seeds."""
+"""Chapter 05: the fine-tuned model: loading it (whole, from a checkpoint, or into a pipeline), before and after."""
 
 from __future__ import annotations
 
@@ -7,61 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from .runtime import import_quietly
-
-INFERENCE_STEPS = 25  # denoising steps per image
-FAST_INFERENCE_STEPS = 10  # under DREAMBOOTH_NB_FAST=1
-SCHEDULERS = ("DPMSolverMultistepScheduler", "PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
+from .common import defaults
+from .common.assets import guidance_for, is_diffusers_folder, resolve_model, training_settings
+from .common.runtime import import_quietly
+from .sampling import generate, pipeline_from_components, save_images, with_scheduler
 
 
-def inference_steps() -> int:
-    """Denoising steps for this chapter's samples: fewer under DREAMBOOTH_NB_FAST=1."""
-    from .runtime import fast_profile
-
-    return FAST_INFERENCE_STEPS if fast_profile() else INFERENCE_STEPS
-
-
-def with_scheduler(pipe, name: str = "DPMSolverMultistepScheduler"):
-    """Swap the pipeline's sampler for another diffusers scheduler built from the same config."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
-    diffusers = import_quietly("mindone.diffusers")
-    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
-    return pipe
-
-
-def pipeline_from_components(components, scheduler: str = "PNDMScheduler", skip_text_encoder: bool = False):
-    """A StableDiffusionPipeline sharing the given networks (no copy): for sampling during or after training."""
-    diffusers = import_quietly("mindone.diffusers")
-    base = getattr(diffusers, scheduler).from_config(components.noise_scheduler.config)
-    return diffusers.StableDiffusionPipeline(
-        unet=components.unet, vae=components.vae, text_encoder=None if skip_text_encoder else components.text_encoder,
-        tokenizer=components.tokenizer, scheduler=base, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def training_settings(folder: str | os.PathLike) -> dict:
-    """The TrainConfig values a training run saved next to its model (train_config.json, or a checkpoint's state.json)."""
-    import json
-
-    folder = Path(folder)
-    for path, key in ((folder / "train_config.json", None), (folder / "state.json", "config")):
-        if path.is_file():
-            values = json.loads(path.read_text(encoding="utf-8"))
-            return values[key] if key else values
-    return {}
-
-
-def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = "DPMSolverMultistepScheduler"):
+def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = defaults.SAMPLER):
     """A StableDiffusionPipeline from a hub id, a folder (a training output_dir or one of its checkpoint-N), or an embedded name.
 
     A checkpoint holds only the trained networks, so the rest comes from the base model it was trained
     from; so does the text encoder of a model saved with --skip_save_text_encoder.
     """
-    from .models import resolve_model, text_encoder_class
+    from .models import text_encoder_class
 
     diffusers = import_quietly("mindone.diffusers")
     folder = Path(str(model)) if model is not None else None
@@ -75,6 +33,7 @@ def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = "DPMS
     else:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(resolve_model(model))
     pipe.set_progress_bar_config(disable=True)
+    pipe.guidance_default = guidance_for(model)
     return with_scheduler(pipe, scheduler)
 
 
@@ -91,7 +50,7 @@ def checkpoint_components(folder: Path, base_model: str):
     return components
 
 
-def load_weights(pipe, model: str | os.PathLike) -> list[str]:
+def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
     """Put the networks a run saved (an output_dir or a checkpoint-N: unet/, text_encoder/) into an existing pipeline.
 
     The pipeline keeps its compiled sampling graphs, so switching between models costs neither a second
@@ -115,45 +74,6 @@ def load_weights(pipe, model: str | os.PathLike) -> list[str]:
     return parts
 
 
-def default_size(pipe) -> int:
-    """The image size the pipeline was trained for (UNet sample size x VAE scale factor)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-
-
-def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = 0, num_inference_steps: int = 25,
-             guidance_scale: float = 7.5, negative_prompt: str | None = None, size: int | None = None,
-             batch_size: int = 4) -> list:
-    """PIL images, one per (prompt, seed) pair; the same seed and prompt always give the same image.
-
-    Every call to the pipeline holds exactly batch_size pictures (a short batch is padded, the extras
-    dropped): the sampling loop compiles once for a pipeline, and a picture does not depend on how many
-    others were drawn with it (another batch shape is another graph, with last-bit differences).
-    Use batch_size=1 for single pictures from a large model.
-    """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"Got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
-    size = size or default_size(pipe)
-    images = []
-    for start in range(0, len(prompts), batch_size):
-        chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        generators = [np.random.default_rng(s) for s in chunk_seeds + chunk_seeds[:1] * pad]
-        out = pipe(chunk + chunk[:1] * pad, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
-                   height=size, width=size, generator=generators, output_type="pil")
-        images += list(out[0])[:len(chunk)]
-    return images
-
-
-def save_images(images: Sequence, folder: str | os.PathLike, prefix: str = "image") -> list[Path]:
-    """Write images as numbered PNGs (atomically) and return their paths."""
-    from .viz import save_atomic
-
-    return [save_atomic(im, Path(folder) / f"{prefix}-{i:03d}.png") for i, im in enumerate(images)]
-
-
 # ------------------------------------------------------------------ chapter 05: before and after
 @dataclass(repr=False)
 class Comparison:
@@ -166,13 +86,13 @@ class Comparison:
 
     def grid(self):
         """One PIL picture: the base model's images on the top row, the fine-tuned model's below."""
-        from .viz import image_grid
+        from .common.viz import image_grid
 
         return image_grid(self.before + self.after, ncols=len(self.prompts))
 
     def show(self, scale: float = 2.0):
         """Both rows with titles (prompt and seed on top, 'fine-tuned' below); returns the figure."""
-        from .viz import show_images
+        from .common.viz import show_images
 
         titles = [f"base · seed {s}\n{p}" for p, s in zip(self.prompts, self.seeds)]
         titles += ["fine-tuned"] * len(self.after)
@@ -180,7 +100,7 @@ class Comparison:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write before/after images and the grid (before_after.png) into `folder`; returns the grid's path."""
-        from .viz import save_atomic
+        from .common.files import save_atomic
 
         save_images(self.before, folder, "base")
         save_images(self.after, folder, "tuned")
@@ -190,12 +110,12 @@ class Comparison:
         return f"Comparison({len(self.prompts)} prompts x 2 models, seeds {self.seeds})"
 
 
-def as_pipeline(model, scheduler: str = "DPMSolverMultistepScheduler"):
+def as_pipeline(model, scheduler: str = defaults.SAMPLER):
     """A pipeline as it is, or loaded from a name or folder."""
     return model if hasattr(model, "unet") else load_pipeline(model, scheduler)
 
 
-def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | int = 0, **sampling) -> Comparison:
+def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | int = defaults.SEED, **sampling) -> Comparison:
     """Sample the same prompts with the same seeds from the base and the fine-tuned model (pipelines, names or folders)."""
     prompts = list(prompts)
     seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
@@ -206,8 +126,8 @@ def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | i
 
 def trained_model(output_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Chapter 04's fine-tuned model folder; when it is missing, a short run with chapter 04's settings makes it."""
-    from .models import is_diffusers_folder
-    from .train import train_dreambooth, tutorial_config
+    from .common.config import tutorial_config
+    from .train import train_dreambooth
 
     config = tutorial_config(**({"output_dir": str(output_dir)} if output_dir else {}))
     folder = Path(config.output_dir)

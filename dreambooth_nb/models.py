@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runtime import cache_dir, import_quietly
-
-TINY_MODEL = "tiny-random"  # a randomly initialised tiny SD, built offline in seconds (fast unit tests)
-TOY_MODEL = "toy-world"  # the committed SD pretrained on coloured shapes (chapter 06): the notebooks' default
-DEFAULT_MODEL = TOY_MODEL
-TINY_RESOLUTION = 64
-TINY_SEED = 0
-# Whole words the tiny tokenizer knows as single tokens; anything else (like "sks") splits into pieces.
-TINY_WORDS = (
-    "a an the photo picture painting drawing of in on at with and by sitting standing lying "
-    "dog cat person man woman face portrait woman's star circle square triangle heart "
-    "red green blue yellow orange purple white black pink gray background beach snow city forest "
-    "bucket hat style van gogh"
-).split()
-SUPPORTED_TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
-
+from .common.assets import SUPPORTED_TEXT_ENCODERS, downsampling_factor, read_subfolder_config, resolve_model
+from .common.runtime import import_quietly
+from .common.tables import Table
 
 @dataclass
 class Components:
@@ -37,6 +21,7 @@ class Components:
     unet: Any
     noise_scheduler: Any
     source: str = ""
+    scheduler_class: str = "PNDMScheduler"  # the sampler the model ships with (saved pipelines keep it)
 
     def parameter_counts(self) -> dict[str, int]:
         """Number of parameters in each network."""
@@ -49,170 +34,7 @@ def count_parameters(net) -> int:
     return int(sum(p.size for p in net.get_parameters()))
 
 
-# ---------------------------------------------------------------- the embedded tiny model
-def tiny_vocabulary(words=TINY_WORDS) -> tuple[dict[str, int], list[str]]:
-    """A CLIP-style BPE vocabulary: all bytes, plus merges that make each word one token."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    merges: list[str] = []
-    for word in dict.fromkeys(words):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            rule = f"{pieces[0]} {pieces[1]}"
-            if rule not in merges:
-                merges.append(rule)
-                tokens.append(merged)
-            pieces = [merged] + pieces[2:]
-    tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def write_tiny_tokenizer(folder: Path, words=TINY_WORDS) -> None:
-    """Write vocab.json/merges.txt and save a CLIPTokenizer in `folder`."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_vocabulary(words)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    tokenizer.save_pretrained(str(folder))
-
-
-def tiny_unet_config(sample_size: int = TINY_RESOLUTION // 2) -> dict:
-    """The UNet shape of hf-internal-testing/tiny-stable-diffusion-pipe."""
-    return dict(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=sample_size,
-        in_channels=4, out_channels=4, cross_attention_dim=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )
-
-
-def tiny_vae_config() -> dict:
-    """A two-level VAE with 4 latent channels: latents are half the image size."""
-    return dict(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-
-
-def tiny_text_config(vocab_size: int) -> dict:
-    """A 5-layer CLIP text encoder of width 32."""
-    return dict(
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
-        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=vocab_size,
-    )
-
-
-def sd_scheduler_config() -> dict:
-    """Stable Diffusion v1's training noise schedule."""
-    return dict(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
-    )
-
-
-def build_tiny_pipeline(folder: str | os.PathLike, seed: int = TINY_SEED) -> Path:
-    """Build the tiny random Stable Diffusion deterministically from `seed` and save it in diffusers layout."""
-    import mindspore as ms
-    from transformers import CLIPTextConfig, CLIPTokenizer
-
-    diffusers = import_quietly("mindone.diffusers")
-    CLIPTextModel = import_quietly("mindone.transformers").CLIPTextModel
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:
-        staging = Path(tmp) / "model"
-        write_tiny_tokenizer(staging / "tokenizer")
-        tokenizer = CLIPTokenizer.from_pretrained(str(staging / "tokenizer"))
-        ms.set_seed(seed)
-        unet = diffusers.UNet2DConditionModel(**tiny_unet_config())
-        vae = diffusers.AutoencoderKL(**tiny_vae_config())
-        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(len(tokenizer))))
-        pipe = diffusers.StableDiffusionPipeline(
-            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-            scheduler=diffusers.PNDMScheduler.from_config({**sd_scheduler_config(), "skip_prk_steps": True}),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        pipe.save_pretrained(str(staging))
-        replace_dir(staging, folder)
-    return folder
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move `new` into place at `target`, replacing what was there, without a half-written moment."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def is_diffusers_folder(path: Path) -> bool:
-    """True when `path` holds a saved pipeline (model_index.json and a unet/ folder)."""
-    return (path / "model_index.json").is_file() and (path / "unet").is_dir()
-
-
-def tiny_model_path(rebuild: bool = False) -> Path:
-    """The cached tiny model, built on first use (a few seconds, no network)."""
-    path = cache_dir() / "models" / f"{TINY_MODEL}-seed{TINY_SEED}"
-    if rebuild or not is_diffusers_folder(path):
-        build_tiny_pipeline(path)
-    return path
-
-
-def toy_world_path() -> Path:
-    """The committed toy-world model of chapter 06: a small SD pretrained on coloured shapes."""
-    from .toyworld import toy_model_path
-
-    return toy_model_path()
-
-
-EMBEDDED_MODELS = {TOY_MODEL: toy_world_path, TINY_MODEL: tiny_model_path}
-
-
-def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
-    """A local folder for embedded names and folders; a hub id is returned unchanged for from_pretrained."""
-    name = str(name_or_path or DEFAULT_MODEL)
-    if name in EMBEDDED_MODELS:
-        return str(EMBEDDED_MODELS[name]())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "unet").is_dir():
-            raise FileNotFoundError(
-                f"{path} is not a Stable Diffusion folder in diffusers layout (no unet/ inside). "
-                f"Pass a folder saved with save_pretrained, a hub id such as "
-                f"'stable-diffusion-v1-5/stable-diffusion-v1-5', or {TINY_MODEL!r}."
-            )
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"Model folder {name} does not exist. Check the path, or use {TINY_MODEL!r}.")
-    return name  # a hub id: from_pretrained downloads it (or reads the hub cache)
-
-
-def read_subfolder_config(model: str, subfolder: str, revision: str | None = None) -> dict | None:
-    """config.json of a component from a local folder or the hub cache; None when it is not there."""
-    local = Path(model) / subfolder / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text(encoding="utf-8"))
-    if Path(model).is_dir():
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model, f"{subfolder}/config.json", revision=revision)
-    if isinstance(cached, str):
-        return json.loads(Path(cached).read_text(encoding="utf-8"))
-    return None
-
-
+# ---------------------------------------------------------------- loading
 def model_has_vae(model: str, revision: str | None = None) -> bool:
     """Whether the model has a VAE; asks the hub only when neither a local folder nor the cache can tell."""
     if Path(model).is_dir() or read_subfolder_config(model, "vae", revision) is not None:
@@ -257,7 +79,9 @@ def load_components(
     vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae", **common) if model_has_vae(source, revision) else None
     unet = diffusers.UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
     scheduler = diffusers.DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler, source)
+    sampler = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision).get("_class_name", "")
+    sampler = sampler if hasattr(diffusers, sampler) else "PNDMScheduler"
+    return Components(tokenizer, text_encoder, vae, unet, scheduler, source, sampler)
 
 
 def tokenize_with_mask(tokenizer, prompts: list[str] | str, max_length: int | None = None):
@@ -277,23 +101,21 @@ def tokenize(tokenizer, prompts: list[str] | str, max_length: int | None = None)
 
 # ------------------------------------------------------------ chapter 02: looking at the pieces
 @dataclass(repr=False)
-class TokenTable:
+class TokenTable(Table):
     """How a prompt becomes token ids: each token as a string, next to its id."""
 
     prompt: str
     tokens: list
     ids: list
     padded_length: int
+    header = ("position", "token", "id")
+
+    @property
+    def caption(self) -> str:
+        return f"{self.prompt!r}: {len(self.ids)} tokens, padded to {self.padded_length}"
 
     def rows(self) -> list[tuple[int, str, int]]:
         return list(zip(range(len(self.ids)), self.tokens, self.ids))
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def __str__(self) -> str:
-        lines = [f"{i:>3}  {tok:<20} {tid}" for i, tok, tid in self.rows()]
-        return "\n".join([f"{self.prompt!r}: {len(self.ids)} tokens, padded to {self.padded_length}", *lines])
 
     def _repr_html_(self) -> str:
         import html
@@ -322,32 +144,19 @@ def vae_factor(components: Components) -> int:
     return downsampling_factor(components.vae.config if components.vae is not None else None)
 
 
-def downsampling_factor(vae_config) -> int:
-    """Pixels per latent position per side, from a VAE config (each block after the first halves the size)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1) if vae_config else 1
-
-
-def native_resolution(name_or_path: str | os.PathLike | None = None, fallback: int = 512) -> int:
-    """The image size a model was built for, read from its config files (fallback when they are not local)."""
-    if str(name_or_path or DEFAULT_MODEL) == TINY_MODEL:
-        return TINY_RESOLUTION  # known without building it (building runs MindSpore before setup())
-    folder = resolve_model(name_or_path)
-    unet, vae = read_subfolder_config(folder, "unet"), read_subfolder_config(folder, "vae")
-    if not unet or "sample_size" not in unet:
-        return fallback
-    return int(unet["sample_size"]) * downsampling_factor(vae)
-
-
 def model_resolution(components: Components) -> int:
     """The image size the model was built for: UNet sample size x the VAE's downsampling factor."""
     return int(components.unet.config.sample_size * vae_factor(components))
 
 
-def vae_cells(vae):
-    """Two Cells, compiled on first call in GRAPH mode: pixels -> scaled latents (the mean) and back."""
+def vae_cells(vae, scale: float | None = None):
+    """Two Cells, compiled on first call in GRAPH mode: pixels -> latents (the mean, times `scale`) and back.
+
+    scale: the VAE's scaling_factor when None (what the UNet sees); 1.0 gives the raw latents.
+    """
     from mindspore import nn, ops
 
-    scale = float(vae.config.scaling_factor)
+    scale = float(vae.config.scaling_factor if scale is None else scale)
 
     class Encode(nn.Cell):
         def __init__(self):
@@ -392,7 +201,7 @@ class RoundTrip:
         return f"RoundTrip(photo {self.image.size}, latents {self.latents.shape}, decoded {self.reconstruction.size})"
 
     def show(self):
-        from .viz import show_images
+        from .common.viz import show_images
 
         images, titles = self.panels()
         return show_images(images, titles=titles, ncols=len(images))
@@ -403,7 +212,7 @@ def vae_round_trip(components: Components, image, resolution: int | None = None)
     import mindspore as ms
 
     from . import data
-    from .viz import to_pil
+    from .common.viz import to_pil
 
     if components.vae is None:
         raise ValueError(f"{components.source} has no VAE (no vae/ folder): its UNet works on pixels directly.")
@@ -416,11 +225,20 @@ def vae_round_trip(components: Components, image, resolution: int | None = None)
 
 
 def alphas_cumprod(scheduler):
-    """ᾱ_t of the noise schedule as a NumPy array: the share of signal variance left at step t."""
+    """ᾱ_t of the noise schedule as a float32 NumPy array: the share of signal variance left at step t."""
     import numpy as np
 
     values = scheduler.alphas_cumprod
-    return np.asarray(values.asnumpy() if hasattr(values, "asnumpy") else values, dtype=np.float64)
+    return np.asarray(values.asnumpy() if hasattr(values, "asnumpy") else values, dtype=np.float32)
+
+
+def add_noise(x, noise, alpha_bar):
+    """The forward process in one line: x_t = √ᾱ_t · x + √(1-ᾱ_t) · ε.
+
+    Works on NumPy arrays and on MindSpore tensors alike (training compiles this same line);
+    alpha_bar broadcasts against x (one value per example: shape (B, 1, 1, 1)).
+    """
+    return alpha_bar ** 0.5 * x + (1.0 - alpha_bar) ** 0.5 * noise
 
 
 def plot_noise_schedule(scheduler, ax=None):
@@ -446,10 +264,10 @@ def noised_versions(components: Components, image, timesteps, seed: int = 0, res
     import numpy as np
 
     from . import data
-    from .viz import to_pil
+    from .common.viz import to_pil
 
     resolution = resolution or model_resolution(components)
     x = data.normalize(data.crop(data.resize_shorter(image, resolution), resolution))
     noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
     a = alphas_cumprod(components.noise_scheduler)
-    return [to_pil(data.denormalize(np.sqrt(a[t]) * x + np.sqrt(1 - a[t]) * noise)) for t in timesteps]
+    return [to_pil(data.denormalize(add_noise(x, noise, a[t]))) for t in timesteps]

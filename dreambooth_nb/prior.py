@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, runtime
-from .viz import save_atomic
+from . import data
+from .batches import Batch, BatchMaker, latent_shape, load_image_set
+from .common import defaults
+from .common.config import TrainConfig
+from .common.files import save_atomic
+from .common.runtime import ensure_setup
+from .common.world import World, barrier
+from .common.tables import Table
+from .models import Components
 
 CLASS_NAME = re.compile(r"^class-(\d{4,})-[0-9a-f]{8}\.png$")
-INFERENCE_STEPS = 25  # denoising steps per class image
-FAST_INFERENCE_STEPS = 10  # under DREAMBOOTH_NB_FAST=1 (DPM-Solver++ is usable from about 10)
 
 
 def content_name(image, index: int) -> str:
@@ -21,11 +27,6 @@ def content_name(image, index: int) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return f"class-{index:04d}-{hashlib.sha256(buffer.getvalue()).hexdigest()[:8]}.png"
-
-
-def class_inference_steps() -> int:
-    """Denoising steps for class images: fewer under DREAMBOOTH_NB_FAST=1."""
-    return FAST_INFERENCE_STEPS if runtime.fast_profile() else INFERENCE_STEPS
 
 
 def usable_class_images(folder: str | Path) -> list[Path]:
@@ -62,30 +63,30 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 
 
 def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, batch_size: int = 4,
-                          seed: int = 0, num_inference_steps: int | None = None, progress: bool = True) -> list[Path]:
+                          seed: int = defaults.SEED, num_inference_steps: int | None = None, progress: bool = True) -> list[Path]:
     """Make the class images missing in `folder` (up to `wanted`), batch by batch; returns the new files.
 
     Resumable: what is already there counts, and image i always comes from seed + i, so an
     interrupted run continues where it stopped. Each file is written atomically and named
-    class-<index>-<hash>.png. Every batch has batch_size images (infer.generate pads a short one):
+    class-<index>-<hash>.png. Every batch has batch_size images (sampling.generate pads a short one):
     a new shape would make GRAPH mode compile the sampling loop again.
     """
     from tqdm.auto import tqdm
 
-    from . import infer
+    from .sampling import generate
 
-    runtime.current()  # GRAPH mode (compiled) unless setup() was asked otherwise
+    ensure_setup()  # GRAPH mode (compiled) unless setup() was asked otherwise
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(folder)
     todo = indices_to_make(folder, wanted)
-    steps = num_inference_steps or class_inference_steps()
+    steps = num_inference_steps or defaults.inference_steps()
     pipe.set_progress_bar_config(disable=True)
     written = []
     with tqdm(total=len(todo), desc="class images", disable=not progress, unit="img") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            images = infer.generate(pipe, [prompt] * len(chunk), [seed + i for i in chunk], num_inference_steps=steps,
+            images = generate(pipe, [prompt] * len(chunk), [seed + i for i in chunk], num_inference_steps=steps,
                                     batch_size=batch_size)  # a short last batch is padded there
             for index, image in zip(chunk, images):
                 written.append(save_atomic(image, folder / content_name(image, index)))
@@ -93,36 +94,96 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
     return written
 
 
-def class_image_pipeline(components):
-    """A sampling pipeline sharing the frozen model's networks, for class images."""
-    from .infer import pipeline_from_components, with_scheduler
+def ensure_class_images(config: TrainConfig, components: Components, progress: bool = True) -> Path:
+    """Fill config.class_data_dir up to config.num_class_images with images of config.class_prompt.
 
-    pipe = with_scheduler(pipeline_from_components(components), "DPMSolverMultistepScheduler")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def ensure_class_images(config, components, progress: bool = True) -> Path:
-    """Fill config.class_data_dir up to config.num_class_images with images of config.class_prompt."""
+    They are drawn in config.prior_generation_precision (fp16/bf16 on an NPU or GPU; fp32 on CPU, with a warning).
+    """
     folder = Path(config.class_data_dir)
     missing = missing_class_images(folder, config.num_class_images)
     if missing:
         if progress:
             print(f"{folder}: {config.num_class_images - missing} class images there, making {missing} more")
-        generate_class_images(class_image_pipeline(components), folder, config.class_prompt,
-                              config.num_class_images, config.sample_batch_size, seed=config.seed or 0,
-                              progress=progress)
+        from .sampling import sampling_pipeline
+
+        with generation_precision(components, config.prior_generation_precision):
+            generate_class_images(sampling_pipeline(components), folder, config.class_prompt,
+                                  config.num_class_images, config.sample_batch_size,
+                                  seed=defaults.SEED if config.seed is None else config.seed, progress=progress)
     return folder
 
 
-def class_images(config) -> list:
+@contextlib.contextmanager
+def generation_precision(components: Components, precision: str | None):
+    """Compute the networks in fp16/bf16 while class images are drawn (weights stay fp32), then back to fp32.
+
+    On CPU, where MindSpore's half-precision kernels are missing or slow, the images are drawn in fp32 and one
+    line says so.
+    """
+    import sys
+
+    import mindspore as ms
+
+    if precision in (None, "no", "fp32"):
+        yield
+        return
+    if ensure_setup().device == "CPU":
+        print(f"warning: --prior_generation_precision={precision} needs an Ascend NPU or a GPU; "
+              f"class images are drawn in fp32 on CPU.", file=sys.stderr)
+        yield
+        return
+    nets = [n for n in (components.unet, components.text_encoder, components.vae) if n is not None]
+    for net in nets:
+        net.to_float(ms.float16 if precision == "fp16" else ms.bfloat16)
+    try:
+        yield
+    finally:
+        for net in nets:
+            net.to_float(ms.float32)
+
+
+def class_images(config: TrainConfig) -> list:
     """The class images training will use, as RGB pictures."""
     return [data.load_rgb(p) for p in usable_class_images(config.class_data_dir)[:config.num_class_images]]
 
 
+# ---------------------------------------------------------------------- the training data
+def load_training_data(config: TrainConfig, components: Components, world: World = World()):
+    """Instance images (offline samples when no folder is given) and, with prior preservation, class images.
+
+    Missing class images are made by rank 0 alone; the other workers wait, then read them.
+    """
+    from .common.assets import subject_photos_dir
+
+    folder = config.instance_data_dir or subject_photos_dir()
+    max_len = config.tokenizer_max_length
+    instance = load_image_set(folder, config.instance_prompt, components.tokenizer, config.resolution, max_length=max_len)
+    classes = None
+    if config.with_prior_preservation:
+        if world.main:
+            ensure_class_images(config, components)
+        barrier(world)
+        classes = load_image_set(config.class_data_dir, config.class_prompt, components.tokenizer,
+                                 config.resolution, limit=config.num_class_images, max_length=max_len)
+    return instance, classes
+
+
+def training_batch(config: TrainConfig, components: Components, step: int = 0) -> Batch:
+    """Step `step`'s batch built by the trainer's own code (BatchMaker); makes class images if missing."""
+    instance, classes = load_training_data(config, components)
+    seed = defaults.SEED if config.seed is None else config.seed
+    maker = BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
+                       components.noise_scheduler.config.num_train_timesteps, seed)
+    arrays = maker(step)
+    n = config.train_batch_size
+    halves = ["instance"] * n + (["class"] * n if classes is not None else [])
+    prompts = [instance.prompt if h == "instance" else classes.prompt for h in halves]
+    return Batch(*arrays, prompts=prompts, halves=halves)
+
+
 # ---------------------------------------------------------------------- the prior loss
 @dataclass(repr=False)
-class LossTerms:
+class LossTerms(Table):
     """The two terms of the DreamBooth objective on one batch, and the trainer's total for comparison."""
 
     instance: float
@@ -143,18 +204,8 @@ class LossTerms:
             rows.append(("DreamBoothLoss on the whole batch", f"{self.trainer_total:.4f}"))
         return rows
 
-    def __repr__(self) -> str:
-        return str(self)
 
-    def __str__(self) -> str:
-        return "\n".join(f"{k:<34} {v}" for k, v in self.rows())
-
-    def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.rows())
-        return f"<table>{cells}</table>"
-
-
-def prior_loss_terms(config, components, batch: "data.Batch", check: bool = True) -> LossTerms:
+def prior_loss_terms(config: TrainConfig, components: Components, batch: Batch, check: bool = True) -> LossTerms:
     """Instance and prior terms of one batch, each from the trainer's DreamBoothLoss on its half (compiled).
 
     The per-example denoising error does not depend on the other examples, so the loss of the
@@ -163,12 +214,12 @@ def prior_loss_terms(config, components, batch: "data.Batch", check: bool = True
     """
     import mindspore as ms
 
-    from .train.engine import loss_network
+    from .losses import loss_network
 
     if not config.with_prior_preservation or "class" not in batch.halves:
         raise ValueError("prior_loss_terms needs a batch made with with_prior_preservation=True "
                          "(config = db.sample_config(with_prior=True)).")
-    runtime.current()
+    ensure_setup()
     half = len(batch.pixels) // 2
     plain = loss_network(config.replace(with_prior_preservation=False), components)
     terms = [float(plain(*[ms.Tensor(x[part]) for x in batch.inputs()]).asnumpy())

@@ -14,25 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .runtime import fast_profile
+from .common import defaults, scenes
+from .common.assets import guidance_for
+from .common.config import ConfigError, playground_config
+from .common.viz import in_ipython
 
-PLAYGROUND_DIR = Path("outputs") / "playground"
 ERROR_STYLE = "color:#b00020"
-
-
-# --------------------------------------------------------------------------- the documented run
-def playground_config(output_dir: str | None = None, **changes):
-    """The documented playground run: the toy-world subject, no prior, short under DREAMBOOTH_NB_FAST=1."""
-    from .toyworld.experiments import toy_dreambooth_config
-    from .train import fast
-
-    config = toy_dreambooth_config(prior=False, output_dir=output_dir or str(PLAYGROUND_DIR / "model"))
-    return fast(config).replace(**changes)
 
 
 def problems_by_flag(config, names) -> dict[str, list[str]]:
     """config.validate()'s problems, filed under the flag each message starts with (others under '')."""
-    from .train import ConfigError
 
     routed: dict[str, list[str]] = {}
     try:
@@ -144,7 +135,7 @@ class WidgetPlot:
     def __call__(self, history, force: bool = False) -> None:
         from matplotlib.figure import Figure  # not pyplot: this runs in the training thread
 
-        from .viz import plot_loss
+        from .common.viz import plot_loss
 
         if not history or (len(history) % self.every and not force):
             return
@@ -270,8 +261,8 @@ class TrainPanel:
 
         The live loss plot goes to the panel's picture, or to this cell's output when in_cell.
         """
+        from .common.viz import LivePlot
         from .train import train_dreambooth
-        from .viz import LivePlot
 
         config = dataclasses.replace(self.config)
         self._stop.clear()
@@ -311,22 +302,11 @@ class TrainPanel:
         self.log_view.value = self.log._repr_html_()
 
 
-def _has_ipython_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return get_ipython() is not None
-    except ImportError:
-        return False
-
-
 # --------------------------------------------------------------------------- generation panel
 class GeneratePanel:
     """Prompt, seed, steps and guidance widgets; Generate shows a gallery, Compare puts two models side by side."""
 
     def __init__(self, model: str | None = None, tuned: str | None = None, prompt: str | None = None):
-        from .toyworld import scenes
-
         config = playground_config()
         self.models = {"base": model or config.pretrained_model_name_or_path, "fine-tuned": tuned or config.output_dir}
         self._pipes: dict[str, tuple] = {}
@@ -341,8 +321,9 @@ class GeneratePanel:
         self.prompt = w.Text(prompt, description="prompt", continuous_update=False, **style)
         self.negative_prompt = w.Text("", description="negative prompt", continuous_update=False, **style)
         self.seed = w.BoundedIntText(0, min=0, max=2**31 - 1, description="seed", **style)
-        self.steps = w.IntSlider(10 if fast_profile() else 25, min=1, max=100, description="steps", **slider)
-        self.guidance = w.FloatSlider(4.0, min=1.0, max=15.0, step=0.5, description="guidance scale", **slider)
+        self.steps = w.IntSlider(defaults.inference_steps(), min=1, max=100, description="steps", **slider)
+        self.guidance = w.FloatSlider(guidance_for(self.models["base"]), min=1.0, max=15.0, step=0.5,
+                                      description="guidance scale", **slider)
         self.count = w.IntSlider(4, min=1, max=8, description="images", **slider)
         self.model = w.Dropdown(options=list(self.models), value="base", description="model", **style)
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="image")
@@ -375,7 +356,7 @@ class GeneratePanel:
 
     def sample(self, name: str) -> list:
         """Images from one model with the panel's prompt, seeds seed..seed+n-1, steps and guidance."""
-        from .infer import generate
+        from .sampling import generate
 
         n = self.count.value
         return generate(self.pipeline(name), [self.prompt.value] * n, list(range(self.seed.value, self.seed.value + n)),
@@ -384,7 +365,7 @@ class GeneratePanel:
 
     def generate(self, in_cell: bool = True) -> list:
         """What Generate does: a gallery from the chosen model (in the panel, and in this cell); returns the images."""
-        from .viz import show_images
+        from .common.viz import show_images
 
         self.images = self.sample(self.model.value)
         seeds = range(self.seed.value, self.seed.value + len(self.images))
@@ -395,14 +376,14 @@ class GeneratePanel:
     def _present(self, fig, in_cell: bool) -> None:
         png = _figure_png(fig)
         _set_picture(self.gallery, png)
-        if in_cell and _has_ipython_kernel():
+        if in_cell and in_ipython():
             from IPython.display import Image, display
 
             display(Image(png))
 
     def compare(self, in_cell: bool = True) -> list:
         """What Compare does: base (top row) and fine-tuned (bottom row) with the same seeds."""
-        from .viz import show_images
+        from .common.viz import show_images
 
         base, tuned = self.sample("base"), self.sample("fine-tuned")
         self.images = base + tuned

@@ -9,12 +9,17 @@ import pytest
 from PIL import Image
 
 from dreambooth_nb import data
+from dreambooth_nb.common import hub
+from dreambooth_nb import prior
+from dreambooth_nb import batches
+from dreambooth_nb.common import config as config_mod
+from dreambooth_nb.common import assets
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
-    for name in data.OFFLINE_FLAGS:
+    for name in hub.OFFLINE_FLAGS:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -86,7 +91,7 @@ def test_checking_and_loading_change_nothing_in_the_folder(messy):
     before = snapshot(messy)
     data.check_images(messy, resolution=64)
     with pytest.warns(UserWarning, match="skipped"):
-        data.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
+        batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
     assert snapshot(messy) == before
 
 
@@ -131,7 +136,7 @@ def test_folder_without_usable_images_names_folder_and_files(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(data.DataError, match="holds no image files"):
-        data.load_image_set(empty, "a photo of sks dog", FakeTokenizer(), resolution=64)
+        batches.load_image_set(empty, "a photo of sks dog", FakeTokenizer(), resolution=64)
 
 
 class FakeTokenizer:
@@ -150,19 +155,19 @@ class FakeTokenizer:
 def test_training_skips_bad_files_with_the_same_rules(messy):
     report = data.check_images(messy, resolution=64)
     with pytest.warns(UserWarning, match="notes.txt"):
-        images = data.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
+        images = batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
     assert len(images) == len(report.usable) == 9
     assert all(im.mode == "RGB" and min(im.size) == 64 for im in images.images)
     with pytest.warns(UserWarning):
-        limited = data.load_image_set(messy, "p", FakeTokenizer(), resolution=64, limit=3)
+        limited = batches.load_image_set(messy, "p", FakeTokenizer(), resolution=64, limit=3)
     assert len(limited) == 3
 
 
 # -------------------------------------------------------------------------- getting photos
 def test_offline_flag_falls_back_to_the_sample_photos_in_one_sentence(monkeypatch, capsys):
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: pytest.fail("must not probe when offline"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: pytest.fail("must not probe when offline"))
     folder = data.get_instance_photos(offline=True)
-    assert folder == data.sample_photos_dir() and len(data.list_images(folder)) == 5
+    assert folder == assets.subject_photos_dir() and len(data.list_images(folder)) == 5
     said = capsys.readouterr().out.strip()
     assert said.count(".") == 1 and "diffusers/dog-example" in said and "offline=True" in said
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -171,11 +176,11 @@ def test_offline_flag_falls_back_to_the_sample_photos_in_one_sentence(monkeypatc
 
 
 def test_unreachable_hub_falls_back(monkeypatch, capsys):
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("must not download"))
-    assert data.get_instance_photos() == data.sample_photos_dir()
+    assert data.get_instance_photos() == assets.subject_photos_dir()
     assert "could not be reached" in capsys.readouterr().out
 
 
@@ -191,7 +196,7 @@ def test_hub_probe_gives_up_without_waiting_for_a_hanging_lookup(monkeypatch):
         raise OSError("too late")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    assert data.hub_reachable(timeout=0.1) is False
+    assert hub.hub_reachable(timeout=0.1) is False
     assert not finished, "the probe waited for the connection attempt instead of its timeout"
     release.set()
 
@@ -223,7 +228,7 @@ def test_failed_download_falls_back_and_unknown_repo_is_an_error(monkeypatch, ca
         raise ConnectionError("reset by peer")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", broken)
-    assert data.get_instance_photos(offline=False) == data.sample_photos_dir()
+    assert data.get_instance_photos(offline=False) == assets.subject_photos_dir()
     assert "ConnectionError" in capsys.readouterr().out
 
     class RepositoryNotFoundError(Exception):
@@ -238,12 +243,12 @@ def test_failed_download_falls_back_and_unknown_repo_is_an_error(monkeypatch, ca
 
 
 def test_a_local_folder_is_used_as_it_is(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: pytest.fail("a folder needs no hub"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: pytest.fail("a folder needs no hub"))
     (tmp_path / "mine").mkdir()
     assert data.get_instance_photos(tmp_path / "mine") == tmp_path / "mine"
     with pytest.raises(data.DataError, match="does not exist"):
         data.get_instance_photos(str(tmp_path / "not-there"))
-    assert data.get_instance_photos(None) == data.sample_photos_dir()
+    assert data.get_instance_photos(None) == assets.subject_photos_dir()
 
 
 def test_problem_examples_cover_every_verdict(tmp_path):
@@ -267,40 +272,40 @@ def test_transform_steps_resize_then_crop():
 
 
 def test_batch_indices_are_full_shuffled_epochs():
-    rows = [data.batch_indices(5, 2, seed=3, step=s) for s in range(5)]
+    rows = [batches.batch_indices(5, 2, seed=3, step=s) for s in range(5)]
     assert all(len(r) == 2 for r in rows)
     flat = np.concatenate(rows)
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
-    assert np.array_equal(rows[3], data.batch_indices(5, 2, seed=3, step=3))
+    assert np.array_equal(rows[3], batches.batch_indices(5, 2, seed=3, step=3))
 
 
 def test_sample_config_is_short_under_the_fast_profile(monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "1")
-    config = data.sample_config()
+    config = config_mod.subject_config()
     assert config.with_prior_preservation and config.num_class_images == 4
     assert config.pretrained_model_name_or_path == "toy-world" and config.resolution == 32, "the model's own size"
     config.validate()
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "0")
-    assert data.sample_config(with_prior=False, num_class_images=8).num_class_images == 8
-    other = data.sample_config(pretrained_model_name_or_path="tiny-random")
+    assert config_mod.subject_config(with_prior=False, num_class_images=8).num_class_images == 8
+    other = config_mod.subject_config(pretrained_model_name_or_path="tiny-random")
     assert other.resolution == 64
     assert other.class_data_dir != config.class_data_dir, "each model keeps its own class images"
 
 
 def test_training_batch_puts_the_instance_half_first(tmp_path):
-    from dreambooth_nb import runtime
+    from dreambooth_nb.common import runtime
     from dreambooth_nb.models import load_components, tokenize
 
-    runtime.current()  # setup() must come before MindSpore's first kernel
+    runtime.ensure_setup()  # setup() must come before MindSpore's first kernel
 
     classes = tmp_path / "classes"
     classes.mkdir()
     for i in range(3):
         photo((64, 64), seed=20 + i).save(classes / f"c{i}.png")
-    config = data.sample_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(classes),
+    config = config_mod.subject_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(classes),
                                 num_class_images=3, train_batch_size=2, center_crop=True)
     components = load_components(config.pretrained_model_name_or_path)
-    batch = data.training_batch(config, components, step=0)
+    batch = prior.training_batch(config, components, step=0)
     assert batch.halves == ["instance", "instance", "class", "class"]
     assert batch.pixels.shape == (4, 3, 64, 64) and batch.noise.shape == (4, 4, 32, 32)
     ids = {p: tokenize(components.tokenizer, p)[0] for p in (config.instance_prompt, config.class_prompt)}
@@ -320,7 +325,7 @@ def test_training_batch_puts_the_instance_half_first(tmp_path):
 
 
 def test_long_titles_are_wrapped_to_the_panel_width():
-    from dreambooth_nb.viz import wrap_title
+    from dreambooth_nb.common.viz import wrap_title
 
     title = wrap_title("base · seed 2\na painting of sks person in the style of van gogh", scale=2.0)
     lines = title.splitlines()

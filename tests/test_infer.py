@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 import dreambooth_nb as db
-from dreambooth_nb import infer, runtime
+from dreambooth_nb import infer
+from dreambooth_nb.common import runtime
 from dreambooth_nb.train import engine
+from dreambooth_nb import sampling
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +18,7 @@ def components():
 
 def test_model_saved_without_text_encoder_loads_the_base_one(components, tmp_path):
     config = db.TrainConfig(output_dir=str(tmp_path / "out"), skip_save_text_encoder=True)
-    out = engine.save_pipeline(components, config, tmp_path / "out")
+    out = sampling.save_pipeline(components, tmp_path / "out", config, skip_text_encoder=True)
     assert (out / "unet").is_dir() and not (out / "text_encoder").exists()
     pipe = infer.load_pipeline(str(out))
     base = dict(components.text_encoder.parameters_and_names())
@@ -25,7 +27,7 @@ def test_model_saved_without_text_encoder_loads_the_base_one(components, tmp_pat
 
 
 def test_trained_model_keeps_an_existing_model(components, tmp_path, monkeypatch):
-    out = engine.save_pipeline(components, db.TrainConfig(), tmp_path / "model")
+    out = sampling.save_pipeline(components, tmp_path / "model", db.TrainConfig())
     monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", lambda *a, **k: pytest.fail("trained again"))
     assert infer.trained_model(out, progress=False) == out
 
@@ -61,8 +63,8 @@ def test_generate_gives_the_pipeline_batches_of_one_size_and_keeps_each_seeds_pi
             return ([Image.new("RGB", (8, 8), (v, 0, 0)) for v in seeds_drawn],)
 
     pipe = Recorder()
-    images = infer.generate(pipe, ["a", "b", "c", "d", "e"], seeds=[10, 11, 12, 13, 14], batch_size=4)
-    alone = infer.generate(pipe, ["e"], seeds=[14], batch_size=4)
+    images = sampling.generate(pipe, ["a", "b", "c", "d", "e"], seeds=[10, 11, 12, 13, 14], batch_size=4)
+    alone = sampling.generate(pipe, ["e"], seeds=[14], batch_size=4)
     assert pipe.calls == [4, 4, 4] and len(images) == 5 and len(alone) == 1
     expected = [int(np.random.default_rng(s).integers(0, 255)) for s in (10, 11, 12, 13, 14)]
     assert [im.getpixel((0, 0))[0] for im in images] == expected

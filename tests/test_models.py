@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreambooth_nb import models, runtime
+from dreambooth_nb import models
+from dreambooth_nb.common import runtime
+from dreambooth_nb.common import tiny_model
+from dreambooth_nb.common import hub
+from dreambooth_nb.common import assets
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Path:
-    runtime.current()  # setup() must come before MindSpore's first kernel
-    return models.tiny_model_path()
+    runtime.ensure_setup()  # setup() must come before MindSpore's first kernel
+    return assets.tiny_model_path()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_load_components_refuses_a_non_clip_model(tmp_path, tiny):
 def test_model_has_vae_reads_a_local_folder_without_the_hub(tmp_path, no_hub):
     assert models.model_has_vae(str(fake_model(tmp_path / "with", "CLIPTextModel", vae=True))) is True
     assert models.model_has_vae(str(fake_model(tmp_path / "without", "CLIPTextModel", vae=False))) is False
-    assert models.read_subfolder_config(str(tmp_path / "without"), "vae") is None
+    assert assets.read_subfolder_config(str(tmp_path / "without"), "vae") is None
 
 
 def test_load_components_from_a_folder_without_vae(tmp_path, tiny):
@@ -102,7 +106,7 @@ def test_prompt_tokens_show_the_identifier_in_pieces(components):
 
 
 def test_model_resolution_of_the_tiny_model(components):
-    assert models.model_resolution(components) == models.TINY_RESOLUTION == 64
+    assert models.model_resolution(components) == tiny_model.TINY_RESOLUTION == 64
 
 
 def test_noised_versions_follow_the_schedule(components):

@@ -63,7 +63,7 @@ def test_pin_parser_rejects_unpinned_lines():
 
 
 def test_runtime_tested_pair_is_the_pinned_pair():
-    from dreambooth_nb.runtime import TESTED_VERSIONS
+    from dreambooth_nb.common.runtime import TESTED_VERSIONS
 
     pinned = pyproject_pins()
     assert {k: pinned[k] for k in TESTED_VERSIONS} == TESTED_VERSIONS

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreambooth_nb import data, infer, prior
+from dreambooth_nb import batches, data, prior, sampling
+from dreambooth_nb.common import config as config_mod
+from dreambooth_nb.common import defaults
 
 
 class FakePipe:
-    """Stands in for a StableDiffusionPipeline; infer.generate is patched in these tests."""
+    """Stands in for a StableDiffusionPipeline; sampling.generate is patched in these tests."""
 
     def set_progress_bar_config(self, **kwargs):
         pass
@@ -22,7 +24,7 @@ def picture(seed: int) -> Image.Image:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Patch infer.generate: one picture per seed; record each call's seeds; interrupt on request."""
+    """Patch sampling.generate: one picture per seed; record each call's seeds; interrupt on request."""
     log = {"seeds": [], "interrupt_on_call": None}
 
     def generate(pipe, prompts, seeds, num_inference_steps=25, batch_size=4, **kwargs):
@@ -32,8 +34,8 @@ def calls(monkeypatch):
             raise KeyboardInterrupt
         return [picture(s) for s in seeds]
 
-    monkeypatch.setattr(infer, "generate", generate)
-    monkeypatch.setattr(prior.runtime, "current", lambda: None)
+    monkeypatch.setattr(sampling, "generate", generate)
+    monkeypatch.setattr(prior, "ensure_setup", lambda: None)
     return log
 
 
@@ -94,14 +96,14 @@ def test_stale_temporary_files_are_removed(tmp_path, calls):
 
 def test_fast_profile_uses_few_inference_steps(monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "1")
-    assert prior.class_inference_steps() == prior.FAST_INFERENCE_STEPS < prior.INFERENCE_STEPS
+    assert defaults.inference_steps() == defaults.FAST_INFERENCE_STEPS < defaults.INFERENCE_STEPS
     monkeypatch.setenv("DREAMBOOTH_NB_FAST", "0")
-    assert prior.class_inference_steps() == prior.INFERENCE_STEPS
+    assert defaults.inference_steps() == defaults.INFERENCE_STEPS
 
 
 def test_ensure_class_images_fills_the_config_folder_once(tmp_path, calls, monkeypatch, capsys):
-    monkeypatch.setattr(prior, "class_image_pipeline", lambda components: FakePipe())
-    config = data.sample_config(class_data_dir=str(tmp_path / "cls"), num_class_images=3, sample_batch_size=2, seed=5)
+    monkeypatch.setattr(sampling, "sampling_pipeline", lambda components: FakePipe())
+    config = config_mod.subject_config(class_data_dir=str(tmp_path / "cls"), num_class_images=3, sample_batch_size=2, seed=5)
     assert prior.ensure_class_images(config, components=None) == tmp_path / "cls"
     assert len(data.list_images(tmp_path / "cls")) == 3 and calls["seeds"] == [[5, 6], [7]]
     assert "making 3 more" in capsys.readouterr().out
@@ -113,9 +115,9 @@ def test_ensure_class_images_fills_the_config_folder_once(tmp_path, calls, monke
 def test_loss_terms_add_up_and_need_a_prior_batch():
     terms = prior.LossTerms(instance=0.5, prior=0.25, prior_loss_weight=2.0, trainer_total=1.0)
     assert terms.total == 1.0 and "prior term" in str(terms) and "<table>" in terms._repr_html_()
-    config = data.sample_config(with_prior=False)
+    config = config_mod.subject_config(with_prior=False)
     arrays = [np.zeros((2, 1))] * 6
-    batch = data.Batch(*arrays, prompts=["p", "p"], halves=["instance", "instance"])
+    batch = batches.Batch(*arrays, prompts=["p", "p"], halves=["instance", "instance"])
     with pytest.raises(ValueError, match="with_prior_preservation=True"):
         prior.prior_loss_terms(config, None, batch)
 
@@ -125,10 +127,11 @@ def test_class_images_and_loss_terms_with_the_tiny_model(tmp_path):
     """Real compiled generation, then the trainer's loss split into its instance and prior terms."""
     import mindspore as ms
 
-    from dreambooth_nb import models, runtime
+    from dreambooth_nb import models
+    from dreambooth_nb.common import runtime
 
-    runtime.current()
-    config = data.sample_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(tmp_path / "cls"),
+    runtime.ensure_setup()
+    config = config_mod.subject_config(pretrained_model_name_or_path="tiny-random", class_data_dir=str(tmp_path / "cls"),
                                 num_class_images=2, sample_batch_size=2)
     components = models.load_components(config.pretrained_model_name_or_path)
     prior.ensure_class_images(config, components, progress=False)
@@ -136,7 +139,7 @@ def test_class_images_and_loss_terms_with_the_tiny_model(tmp_path):
     paths = data.list_images(tmp_path / "cls")
     assert [prior.CLASS_NAME.match(p.name).group(1) for p in paths] == ["0000", "0001"]
     assert all(data.load_rgb(p).size == (64, 64) for p in paths)
-    batch = data.training_batch(config, components)
+    batch = prior.training_batch(config, components)
     terms = prior.prior_loss_terms(config, components, batch)
     assert terms.instance > 0 and terms.prior > 0
     np.testing.assert_allclose(terms.total, terms.trainer_total, rtol=1e-4)
@@ -154,3 +157,13 @@ def test_interrupt_while_a_file_is_written_leaves_no_temporary_file(tmp_path, ca
     with pytest.raises(KeyboardInterrupt):
         prior.generate_class_images(FakePipe(), tmp_path / "class", "p", 2, batch_size=2, progress=False)
     assert names(tmp_path / "class") == []
+
+
+def test_half_precision_class_images_are_refused_on_cpu_with_one_line(capsys):
+    with prior.generation_precision(components=None, precision="fp16"):
+        pass
+    said = capsys.readouterr().err.strip()
+    assert said.count("\n") == 0 and "--prior_generation_precision=fp16" in said and "fp32 on CPU" in said
+    with prior.generation_precision(components=None, precision=None):
+        pass
+    assert capsys.readouterr().err == ""

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from dreambooth_nb import runtime
+from dreambooth_nb.common import runtime
+from dreambooth_nb.common import defaults
 
 
 def test_setup_chooses_cpu_graph_mode_and_reports_versions():
@@ -74,10 +75,10 @@ def test_version_notes_name_the_tested_pair():
 
 
 def test_fast_profile_reads_the_environment(monkeypatch):
-    monkeypatch.setenv(runtime.FAST_ENV, "1")
-    assert runtime.fast_profile()
-    monkeypatch.setenv(runtime.FAST_ENV, "0")
-    assert not runtime.fast_profile()
+    monkeypatch.setenv(defaults.FAST_ENV, "1")
+    assert defaults.fast_profile()
+    monkeypatch.setenv(defaults.FAST_ENV, "0")
+    assert not defaults.fast_profile()
 
 
 def test_importing_the_package_changes_no_global_state():
@@ -92,8 +93,10 @@ def test_importing_the_package_changes_no_global_state():
 
 @pytest.mark.slow
 def test_speed_check_times_the_unet_both_ways():
+    from dreambooth_nb.models import load_components
+
     runtime.setup(device="CPU", show=False)
-    check = runtime.speed_check(batch=1, repeats=1)
+    check = runtime.speed_check(load_components().unet, batch=1, repeats=1)
     assert check.input_shape == (1, 4, 16, 16)  # the default toy-world model: 32 px pictures, 16x16 latents
     assert check.compile_s > 0 and check.compiled_ms > 0 and check.eager_ms > 0
     assert "speed-up" in str(check)

@@ -6,14 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreambooth_nb import models, runtime
+from dreambooth_nb import models
+from dreambooth_nb.common import runtime
+from dreambooth_nb import sampling
+from dreambooth_nb.common import tiny_model
+from dreambooth_nb.common import assets
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     runtime.setup(device="CPU", show=False)
-    first = models.build_tiny_pipeline(tmp_path_factory.mktemp("a") / "tiny")
-    second = models.build_tiny_pipeline(tmp_path_factory.mktemp("b") / "tiny")
+    first = tiny_model.build_tiny_pipeline(tmp_path_factory.mktemp("a") / "tiny")
+    second = tiny_model.build_tiny_pipeline(tmp_path_factory.mktemp("b") / "tiny")
     return first, second
 
 
@@ -65,10 +69,10 @@ def test_tokenizer_has_whole_words_and_splits_the_identifier(built):
 
 def test_resolve_model_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no unet/"):
-        models.resolve_model(str(tmp_path))
+        assets.resolve_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        models.resolve_model(str(tmp_path / "missing"))
-    assert models.resolve_model("someone/some-model") == "someone/some-model"
+        assets.resolve_model(str(tmp_path / "missing"))
+    assert assets.resolve_model("someone/some-model") == "someone/some-model"
 
 
 @pytest.mark.slow
@@ -76,7 +80,7 @@ def test_sampling_is_compiled_and_reproducible(built):
     from dreambooth_nb import infer
 
     pipe = infer.load_pipeline(str(built[0]))
-    a = infer.generate(pipe, ["a photo of sks dog"], [5], num_inference_steps=3)
-    b = infer.generate(pipe, ["a photo of sks dog"], [5], num_inference_steps=3)
+    a = sampling.generate(pipe, ["a photo of sks dog"], [5], num_inference_steps=3)
+    b = sampling.generate(pipe, ["a photo of sks dog"], [5], num_inference_steps=3)
     assert a[0].size == (64, 64)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))

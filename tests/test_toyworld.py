@@ -1,11 +1,14 @@
-"""The toy world: generator, tokenizer, committed weights and the judge."""
+"""The toy world: generator, captions, subject photos, tokenizer, committed weights, and the judge on ground truth."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from dreambooth_nb.toyworld import assets_dir, judge, scenes
+from dreambooth_nb.common import scenes
+from dreambooth_nb.common.assets import toy_world_dir
+from dreambooth_nb.toyworld import judge
 
 
 def test_generator_is_deterministic_from_the_seed():
@@ -19,21 +22,40 @@ def test_generator_is_deterministic_from_the_seed():
 
 
 def test_captions_say_what_is_drawn():
-    images, captions, made = scenes.dataset(60, seed=5)
+    images, captions, made = scenes.dataset(200, seed=5)
     for image, caption, scene in zip(images, captions, made):
-        assert f"{scene.colour} {scene.shape}" in caption
+        assert caption.endswith(scene.shape) or f"{scene.shape} " in caption
+        assert (f"{scene.colour} {scene.shape}" in caption) == scene.say_colour
+        assert (" background" in caption) == scene.say_background
         assert scene.background != scene.colour
         centre = image[int(round(scene.y)), int(round(scene.x))].astype(int)
-        assert np.abs(centre - scenes.COLOURS[scene.colour]).max() <= 30, caption
-        corner = np.abs(image[0, 0].astype(int) - scenes.BACKGROUNDS[scene.background]).max()
-        edge = np.abs(image[:, 0].astype(int) - scenes.BACKGROUNDS[scene.background]).max(1).min()
-        assert min(corner, edge) <= 30, caption
-        assert (" on " in caption) == scene.say_background
+        assert np.abs(centre - scenes.COLOURS[scene.colour]).max() <= 40, caption
+        corner = min(np.abs(image[y, x].astype(int) - scenes.BACKGROUNDS[scene.background]).max()
+                     for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)))
+        assert corner <= 30, caption
+        if scene.place:
+            assert scenes.PLACES[scene.place] in caption and scene.size_word != "big"
+        if scene.size_word:
+            low, high = scenes.RADII[scene.size_word]
+            assert low <= scene.radius <= high and f" {scene.size_word} " in caption
 
 
-def test_prompt_uses_the_right_article():
+def test_every_attribute_is_sometimes_said_and_sometimes_not():
+    made = scenes.scenes(2000, seed=1)
+    for rate, said in ((scenes.SAY["colour"], [s.say_colour for s in made]),
+                       (scenes.SAY["background"], [s.say_background for s in made])):
+        assert abs(np.mean(said) - rate) < 0.05
+    assert 0.25 < np.mean([bool(s.size_word) for s in made]) < 0.75
+    assert 0.15 < np.mean([bool(s.place) for s in made]) < 0.45
+
+
+def test_prompts_read_naturally():
     assert scenes.prompt("red", "star") == "a photo of a red star"
+    assert scenes.prompt("", "star") == "a photo of a star" == scenes.SUBJECT_CLASS_PROMPT
+    assert scenes.prompt("sks", "star") == "a photo of sks star" == scenes.SUBJECT_PROMPT
+    assert scenes.prompt("sks", "star", "small") == "a photo of a small sks star"
     assert scenes.prompt("orange", "heart", background="blue") == "a photo of an orange heart on a blue background"
+    assert scenes.prompt("", "circle", place="top") == "a photo of a circle at the top"
 
 
 def test_subject_is_not_in_the_pretraining_data():
@@ -41,88 +63,74 @@ def test_subject_is_not_in_the_pretraining_data():
     assert all(s.pattern == scenes.SUBJECT["pattern"] for s in scenes.subject_scenes(5))
 
 
+def test_subject_photos_vary_like_casual_photos_and_leave_new_contexts_for_later():
+    photos = scenes.subject_scenes(5)
+    assert len({s.background for s in photos}) == 5
+    assert np.ptp([s.radius for s in photos]) > 1.5 and np.ptp([s.angle for s in photos]) > 0.2
+    assert np.ptp([s.x for s in photos]) > 1.0 and np.ptp([s.y for s in photos]) > 1.0
+    assert not {"red", "orange"} & {s.background for s in photos}, "new backgrounds stay new"
+    assert all(s.radius > scenes.RADII["small"][1] for s in photos), "no photo is small"
+
+
 def test_tokenizer_knows_every_toy_word_as_one_token():
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(assets_dir() / "model" / "tokenizer"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(toy_world_dir() / "model" / "tokenizer"))
     for word in scenes.WORDS:
         assert tokenizer.tokenize(word) == [f"{word}</w>"], word
-    longest = scenes.prompt("orange", "triangle", "small", "yellow")
+    longest = scenes.prompt("orange", "triangle", "small", "yellow", "bottom")
     assert len(tokenizer(longest).input_ids) <= tokenizer.model_max_length
 
 
 def test_committed_weights_are_small_safetensors_in_diffusers_layout():
-    folder = assets_dir() / "model"
+    folder = toy_world_dir() / "model"
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     files = list(folder.rglob("*.safetensors"))
     assert len(files) == 3
-    assert sum(f.stat().st_size for f in files) < 10 * 2**20
-    assert (assets_dir() / "MODEL_CARD.md").is_file()
+    assert sum(f.stat().st_size for f in files) < 20 * 2**20
+    assert (toy_world_dir() / "MODEL_CARD.md").is_file()
 
 
 def test_committed_weights_load_offline(monkeypatch):
     from safetensors.numpy import load_file
 
-    from dreambooth_nb import models, runtime
+    from dreambooth_nb import models
+    from dreambooth_nb.common import runtime
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     runtime.setup(device="CPU", show=False)
     components = models.load_components("toy-world")
-    saved = load_file(assets_dir() / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(toy_world_dir() / "model" / "unet" / "diffusion_pytorch_model.safetensors")
     loaded = {p.name: p.asnumpy() for p in components.unet.get_parameters()}
     np.testing.assert_array_equal(loaded["conv_in.weight"], saved["conv_in.weight"])
-    assert components.unet.config.sample_size * 2 == scenes.SIZE
+    assert models.model_resolution(components) == scenes.SIZE
 
 
-def test_judge_names_shape_and_colour_of_fresh_pictures():
-    scores = judge.accuracy(judge.load_judge(), n=300, seed=2024)
-    assert scores["shape"] >= 0.9 and scores["colour"] >= 0.9, scores
+def test_judge_reads_every_attribute_of_fresh_pictures():
+    """At least 98 % right on ground-truth renders, for every attribute a caption can name (issue target)."""
+    scores = judge.accuracy(judge.load_judge(), n=600, seed=2024)
+    assert set(scores) == {"shape", "colour", "background", "size", "place", "subject"}
+    assert min(scores.values()) >= 0.98, scores
+
+
+def test_judge_tells_the_subject_from_plain_stars():
+    j = judge.load_judge()
+    plain = [scenes.draw(replace(s, pattern="")) for s in scenes.subject_scenes(5)]
+    yellow = [scenes.draw(replace(s, colour="yellow", pattern="")) for s in scenes.subject_scenes(5)]
+    assert all(v.is_subject for v in j.read(scenes.subject_images(5)))
+    assert not any(v.is_subject for v in j.read(plain + yellow))
 
 
 def test_judge_says_no_object_on_a_blank_picture():
     blank = np.full((scenes.SIZE, scenes.SIZE, 3), 128, np.uint8)
     j = judge.load_judge()
     assert j.shapes([blank]) == ["none"] and j.colours([blank]) == ["none"]
+    assert j.read([blank])[0].background == "gray"
 
 
 def test_subject_views_are_closer_to_the_subject_than_other_pictures():
     references = scenes.subject_images(5)
     others, _, _ = scenes.dataset(20, seed=8)
     more_views = scenes.subject_images(5, seed=77)
-    assert judge.similarity(more_views, references) > 0.95
-    assert judge.similarity(others, references) < 0.85
-
-
-def test_score_text_has_one_aligned_row_per_model():
-    from dreambooth_nb.toyworld.experiments import SCORE_COLUMNS, score_text
-
-    scores = {c: 0.5 for c in SCORE_COLUMNS} | {"class colours": 3}
-    lines = score_text({"no prior": scores, "with prior": scores}).splitlines()
-    assert len(lines) == 3 and lines[1].startswith("no prior") and lines[2].split()[-3:] == ["3", "0.50", "0.50"]
-    assert len({len(line) for line in lines}) == 1
-
-
-def test_model_card_tells_every_run_of_a_continued_pretraining():
-    from dreambooth_nb.toyworld import pretrain
-
-    first = dict(args=vars(pretrain.parse_args(["--out", "outputs/toyworld"])), vae_loss=0.03, unet_loss=0.02,
-                 scaling_factor=0.3, wall_s=60.0, cpu_s=100.0, stage_s={"vae": 600.0, "unet": 1200.0})
-    second_args = pretrain.parse_args(["--out", "outputs/toyworld-2", "--init_from", "outputs/toyworld/model",
-                                       "--vae_steps", "0", "--snr_gamma", "5"])
-    second = dict(args=vars(second_args), vae_loss=None, unet_loss=0.01, scaling_factor=0.3, wall_s=60.0, cpu_s=100.0,
-                  stage_s={"unet": 1800.0}, started_from=first)
-    card = pretrain.model_card(second)
-    assert "### Run 1: from scratch" in card and "### Run 2: continued from run 1" in card
-    assert "VAE: kept as it was" in card and "Min-SNR weighting (gamma 5.0)" in card
-    assert "60 min of wall time in all" in card
-    commands = [line for line in card.splitlines() if line.startswith("python -m dreambooth_nb.toyworld.pretrain")]
-    assert commands[0].startswith("python -m dreambooth_nb.toyworld.pretrain --out outputs/toyworld --images")
-    assert "--init_from=outputs/toyworld/model" in commands[1] and commands[1].endswith("--install")
-
-
-def test_init_from_a_folder_without_a_model_says_what_to_give(tmp_path):
-    from dreambooth_nb.toyworld import pretrain
-
-    with pytest.raises(FileNotFoundError, match="diffusers layout"):
-        pretrain.load_networks(tmp_path)
+    assert judge.similarity(more_views, references) > judge.similarity(others, references) + 0.1

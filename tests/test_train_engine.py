@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dreambooth_nb as db
-from dreambooth_nb import runtime
+from dreambooth_nb.common import runtime
 from dreambooth_nb.train import checkpoint as ckpt
 from dreambooth_nb.train.report import read_metrics
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dreambooth_nb import runtime
+from dreambooth_nb.common import runtime
+from dreambooth_nb import losses
 
 
 def _mse(net):

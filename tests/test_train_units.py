@@ -6,10 +6,13 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from dreambooth_nb import runtime
+from dreambooth_nb.common import runtime
 from dreambooth_nb.train import checkpoint as ckpt
 from dreambooth_nb.train import engine
-from dreambooth_nb.train.config import ConfigError, TrainConfig, tutorial_config
+from dreambooth_nb.common.config import ConfigError, TrainConfig, tutorial_config
+from dreambooth_nb.train import step
+from dreambooth_nb import prior
+from dreambooth_nb import batches
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -21,7 +24,7 @@ def cpu():
 def test_dreambooth_loss_is_instance_mse_plus_weighted_prior_mse():
     import mindspore as ms
 
-    from dreambooth_nb.train.losses import dreambooth_loss
+    from dreambooth_nb.losses import dreambooth_loss
 
     rng = np.random.default_rng(0)
     pred, target = (rng.standard_normal((4, 2, 3, 3)).astype(np.float32) for _ in range(2))
@@ -38,7 +41,7 @@ def test_dreambooth_loss_is_instance_mse_plus_weighted_prior_mse():
 def test_snr_weights_follow_min_snr_gamma():
     import mindspore as ms
 
-    from dreambooth_nb.train.losses import snr_weights
+    from dreambooth_nb.losses import snr_weights
 
     alphas = np.linspace(0.999, 0.01, 1000).astype(np.float32)
     t = np.array([0, 300, 999], np.int32)
@@ -53,12 +56,12 @@ def test_snr_weights_follow_min_snr_gamma():
 # ---------------------------------------------------------------------------- lr schedule
 def test_lr_schedule_has_a_spare_entry_and_scales():
     config = TrainConfig(learning_rate=1e-4, lr_scheduler="linear", lr_warmup_steps=2)
-    values = engine.lr_schedule(config, 10)
+    values = step.lr_schedule(config, 10)
     assert len(values) == 11 and values[-1] == values[-2]
     assert values[0] == 0 and values[2] == pytest.approx(1e-4) and values[9] < values[2]
     scaled = config.replace(scale_lr=True, gradient_accumulation_steps=2, train_batch_size=3)
     assert scaled.learning_rate_for(world_size=4) == pytest.approx(1e-4 * 2 * 3 * 4)
-    assert max(engine.lr_schedule(scaled, 10, world_size=4)) == pytest.approx(2.4e-3)
+    assert max(step.lr_schedule(scaled, 10, world_size=4)) == pytest.approx(2.4e-3)
 
 
 def test_total_steps_counts_optimizer_steps():
@@ -72,7 +75,7 @@ def test_total_steps_counts_optimizer_steps():
 def _image_set(n, token):
     from PIL import Image
 
-    from dreambooth_nb.data import ImageSet
+    from dreambooth_nb.batches import ImageSet
 
     images = [Image.new("RGB", (40, 32), (10 * i, 20, 30)) for i in range(n)]
     return ImageSet(images, np.array([[49406, token, 49407, 49407]], np.int32), f"prompt {token}",
@@ -82,7 +85,7 @@ def _image_set(n, token):
 def test_batch_maker_is_pure_in_the_step_and_splits_ranks():
     config = TrainConfig(resolution=32, train_batch_size=2, with_prior_preservation=True,
                          class_prompt="c", class_data_dir="x")
-    make = lambda rank: engine.BatchMaker(_image_set(5, 1), _image_set(3, 2), config, (4, 16, 16), 1000, 0, rank, 2)
+    make = lambda rank: batches.BatchMaker(_image_set(5, 1), _image_set(3, 2), config, (4, 16, 16), 1000, 0, rank, 2)
     a, b = make(0)(3), make(0)(3)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
@@ -97,7 +100,7 @@ def test_batch_maker_is_pure_in_the_step_and_splits_ranks():
 def test_batch_maker_uses_precomputed_embeddings():
     config = TrainConfig(resolution=32, train_batch_size=2)
     embedding = np.full((1, 4, 8), 0.5, np.float32)
-    pixels, ids, *_ = engine.BatchMaker(_image_set(3, 1), None, config, (4, 16, 16), 1000, 0,
+    pixels, ids, *_ = batches.BatchMaker(_image_set(3, 1), None, config, (4, 16, 16), 1000, 0,
                                         embeddings=(embedding,))(0)
     assert ids.shape == (2, 4, 8) and ids.dtype == np.float32 and np.all(ids == 0.5)
 
@@ -201,7 +204,7 @@ def test_attention_mask_comes_from_the_tokenizer_not_from_token_id_0(tmp_path):
     """CLIP pads with <|endoftext|>, not id 0: the mask must mark the padding all the same."""
     from PIL import Image
 
-    from dreambooth_nb.data import load_image_set
+    from dreambooth_nb.batches import load_image_set
     from dreambooth_nb.models import load_components
 
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "a.png")

@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from dreambooth_nb.train import ConfigError, TrainConfig, TrainResult  # noqa: E402
+from dreambooth_nb.common.config import ConfigError, TrainConfig
+from dreambooth_nb.train import TrainResult  # noqa: E402
 from dreambooth_nb.widgets import ExperimentLog, TrainPanel, changed_flags, problems_by_flag  # noqa: E402
 
 

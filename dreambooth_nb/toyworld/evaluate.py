@@ -10,12 +10,10 @@ from collections import Counter
 
 import numpy as np
 
-from ..models import TOY_MODEL
+from ..common import defaults, scenes
 from . import judge as judging
-from . import scenes
 
-MODEL = TOY_MODEL
-GUIDANCE = 4.0  # classifier-free guidance that suits the toy-world model (prompts followed, colours not burnt)
+MODEL = defaults.TOY_MODEL
 
 
 def prompt_pairs() -> list[tuple[str, str]]:
@@ -23,9 +21,10 @@ def prompt_pairs() -> list[tuple[str, str]]:
     return [(c, s) for s in scenes.SHAPES for c in scenes.COLOURS]
 
 
-def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = GUIDANCE, batch_size: int = 4):
+def sample(pipe, prompts: list[str], seed: int = defaults.SEED, steps: int = 20, guidance: float = defaults.TOY_GUIDANCE,
+           batch_size: int = defaults.SAMPLE_BATCH):
     """Images for the prompts with seeds seed, seed+1, ... (generate keeps every batch the same size)."""
-    from ..infer import generate
+    from ..sampling import generate
 
     return generate(pipe, list(prompts), list(range(seed, seed + len(prompts))), num_inference_steps=steps,
                     guidance_scale=guidance, batch_size=batch_size)
@@ -72,10 +71,10 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default=MODEL, help="Embedded name or a folder in diffusers layout.")
     p.add_argument("--per_prompt", type=int, default=4, help="Images per (colour, shape) prompt.")
     p.add_argument("--steps", type=int, default=20, help="Sampling steps (DPM-Solver++).")
-    p.add_argument("--guidance", type=float, default=GUIDANCE, help="Classifier-free guidance scale.")
+    p.add_argument("--guidance", type=float, default=defaults.TOY_GUIDANCE, help="Classifier-free guidance scale.")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from .. import runtime
+    from ..common import runtime
     from ..infer import load_pipeline
 
     runtime.setup(show=False, seed=args.seed)

@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..runtime import fast_profile
-from . import evaluate, judge, scenes
-
-# steps of each DreamBooth run: (normal, DREAMBOOTH_NB_FAST=1)
-STEPS = (300, 80)
-CLASS_IMAGES = (48, 24)
+from ..common import scenes
+from ..common.config import TOY_STEPS, toy_dreambooth_config
+from ..common.defaults import fast_profile
+from . import evaluate
 
 
 def toy_samples(n: int = 8, seed: int = 0) -> tuple[list, list[str]]:
@@ -26,26 +22,6 @@ def toy_samples(n: int = 8, seed: int = 0) -> tuple[list, list[str]]:
 def toy_subject_images(n: int = 5):
     """The subject's instance photos: a purple star with yellow stripes (never seen in pretraining)."""
     return scenes.subject_images(n)
-
-
-def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes):
-    """Chapter 06's runs: the sample subject on toy-world, with or without prior preservation (short when fast)."""
-    from ..data import sample_config
-
-    fast = fast_profile()
-    name = "with-prior" if prior else "no-prior"
-    settings = dict(
-        num_class_images=CLASS_IMAGES[fast], sample_batch_size=8, train_batch_size=4, max_train_steps=STEPS[fast],
-        learning_rate=1e-4, lr_warmup_steps=0, checkpointing_steps=10_000,
-        output_dir=output_dir or str(Path("outputs") / "toyworld-dreambooth" / name),
-    )
-    # chapter 06's own step counts apply (the fast profile's 8 steps would show nothing)
-    return sample_config(prior, pretrained_model_name_or_path=evaluate.MODEL).replace(**{**settings, **changes})
-
-
-def toy_judge():
-    """The committed judge of shape and colour."""
-    return judge.load_judge()
 
 
 def toy_prompt_agreement(pipe, per_prompt: int | None = None) -> dict:
@@ -73,7 +49,7 @@ def score_text(rows: dict[str, dict]) -> str:
 
 def run_experiments(steps: int | None = None, progress: bool = True) -> dict[str, dict]:
     """Scores of the pretrained model and of DreamBooth runs without and with prior preservation."""
-    from ..infer import load_pipeline, load_weights
+    from ..infer import load_pipeline, swap_weights
     from ..train import train_dreambooth
 
     pipe = load_pipeline(evaluate.MODEL)  # one pipeline: each run's weights are swapped in (one compiled sampler)
@@ -81,7 +57,7 @@ def run_experiments(steps: int | None = None, progress: bool = True) -> dict[str
     for name, prior in (("no prior", False), ("with prior", True)):
         config = toy_dreambooth_config(prior=prior, **({"max_train_steps": steps} if steps else {}))
         train_dreambooth(config, progress=progress)
-        load_weights(pipe, config.output_dir)
+        swap_weights(pipe, config.output_dir)
         rows[name] = toy_dreambooth_scores(pipe)
     return rows
 
@@ -90,11 +66,11 @@ def main(argv=None) -> dict[str, dict]:
     """Train without and with prior preservation on the toy subject and print the score table."""
     import argparse
 
-    from .. import runtime
+    from ..common import runtime
 
     parser = argparse.ArgumentParser(prog="python -m dreambooth_nb.toyworld.experiments", description=main.__doc__)
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {STEPS[0]}, "
-                        f"{STEPS[1]} under DREAMBOOTH_NB_FAST=1)")
+    parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {TOY_STEPS[0]}, "
+                        f"{TOY_STEPS[1]} under DREAMBOOTH_NB_FAST=1)")
     args = parser.parse_args(argv)
     runtime.setup(show=False)
     rows = run_experiments(args.steps)

@@ -1,23 +1,34 @@
-"""A small judge for toy-world pictures: which shape and which colour, and how alike two pictures are.
+"""A small judge for toy-world pictures: what is drawn (shape, colour, pattern) and in which context
+(background, size, place), and how alike two pictures are.
 
-Colour: the palette colour nearest to most object pixels. Shape: softmax regression, trained on
-generator pictures, over the object's silhouette cropped to its bounding box (so position and size
-do not matter). Object pixels are those far from the background, read from the picture's border.
+Object pixels are those far from the background colour, read from the picture's border. Colour: the
+palette colour most object pixels are nearest to; a second colour covering a good share of the object
+makes it "striped". Background: the palette colour nearest to the border's median. Size: the radius that
+the object's area gives for the shape found. Place: where the object's centre of mass lies. Shape: a
+small softmax regression, trained on generator pictures, over the object's silhouette cropped to its
+bounding box (so place and size do not matter).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from . import scenes
+from ..common import scenes
 
 MASK_SIZE = 12
 THRESHOLD = 0.25  # RGB distance (0-1 scale) above which a pixel belongs to the object
+MIN_PIXELS = 4  # fewer object pixels than this: nothing is drawn
+STRIPE_SHARE = 0.2  # a second colour on at least this share of the object makes it striped
 PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float32) / 255.0
+BACKGROUND_PALETTE = np.array(list(scenes.BACKGROUNDS.values()), dtype=np.float32) / 255.0
+# area of each shape at radius 1 (pixels^2 per pixel^2 of radius), measured on the generator's polygons
+UNIT_AREA = {"circle": 3.13, "square": 2.57, "triangle": 1.31, "star": 1.24, "heart": 1.95}
+SMALL_BELOW, BIG_ABOVE = 8.0, 9.5  # radius bounds: generator small <= 6.5, big >= 11
+PLACE_LINES = (13.0, 19.0)  # centre of mass left of 13 px is "left", right of 19 px is "right" (same for top/bottom)
 
 
 def as_array(image) -> np.ndarray:
@@ -26,11 +37,15 @@ def as_array(image) -> np.ndarray:
     return array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
 
 
+def border_colour(x: np.ndarray) -> np.ndarray:
+    """The median colour of the picture's outermost pixels."""
+    return np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), axis=0)
+
+
 def foreground(image) -> np.ndarray:
     """Boolean mask of the object's pixels: far from the median colour of the border."""
     x = as_array(image)
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    return np.linalg.norm(x - np.median(border, axis=0), axis=-1) > THRESHOLD
+    return np.linalg.norm(x - border_colour(x), axis=-1) > THRESHOLD
 
 
 def colour_histogram(image) -> np.ndarray:
@@ -54,9 +69,68 @@ def silhouette(image) -> np.ndarray:
     return np.concatenate([np.asarray(small, np.float32).ravel() / 255.0, extra]).astype(np.float32)
 
 
+def background_name(image) -> str:
+    """The palette background nearest to the border's median colour."""
+    x = as_array(image)
+    return list(scenes.BACKGROUNDS)[int(np.linalg.norm(BACKGROUND_PALETTE - border_colour(x), axis=1).argmin())]
+
+
+def size_word(radius: float) -> str:
+    """'small', 'big', or '' (in between) for an object's radius in pixels of a 32 px picture."""
+    return "small" if radius < SMALL_BELOW else "big" if radius > BIG_ABOVE else ""
+
+
+def places(cx: float, cy: float, size: int = scenes.SIZE) -> set[str]:
+    """The sides an object's centre of mass is near: a subset of {'left', 'right', 'top', 'bottom'}."""
+    low, high = (line * size / scenes.SIZE for line in PLACE_LINES)
+    found = set()
+    found |= {"left"} if cx < low else {"right"} if cx > high else set()
+    found |= {"top"} if cy < low else {"bottom"} if cy > high else set()
+    return found
+
+
+@dataclass
+class Verdict:
+    """What the judge reads in one picture ('none' everywhere when no object stands out)."""
+
+    shape: str
+    colour: str
+    background: str
+    size: str  # 'small', 'big' or '' (in between)
+    places: tuple  # sides the object is near, e.g. ('left',) or ('right', 'top')
+    pattern: str  # 'plain' or 'stripes:<second colour>'
+    radius: float
+
+    @property
+    def is_subject(self) -> bool:
+        """The DreamBooth subject: a star, in the subject's colour with stripes of its second colour."""
+        return (self.shape == scenes.SUBJECT["shape"] and self.colour == scenes.SUBJECT["colour"]
+                and self.pattern == scenes.SUBJECT["pattern"]) or (
+            self.shape == scenes.SUBJECT["shape"]
+            and f"stripes:{self.colour}" == scenes.SUBJECT["pattern"] and self.pattern == f"stripes:{scenes.SUBJECT['colour']}")
+
+    def agrees(self, scene: scenes.Scene) -> dict[str, bool]:
+        """For each attribute the scene's caption names: does the picture show it?"""
+        out = {"shape": self.shape == scene.shape}
+        if scene.pattern:
+            out["subject"] = self.is_subject
+        elif scene.say_colour:
+            out["colour"] = self.colour == scene.colour
+        if scene.say_background:
+            out["background"] = self.background == scene.background
+        if scene.size_word:
+            out["size"] = self.size == scene.size_word
+        if scene.place:
+            out["place"] = scene.place in self.places
+        return out
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Judge:
-    """Shape classifier weights (softmax regression on silhouettes)."""
+    """Shape classifier weights (softmax regression on silhouettes); everything else is measured directly."""
 
     weights: np.ndarray
     bias: np.ndarray
@@ -70,14 +144,30 @@ class Judge:
 
     def shapes(self, images) -> list[str]:
         """The most likely shape of each picture ('none' when no object stands out)."""
-        found = [foreground(im).sum() >= 4 for im in images]
+        found = [foreground(im).sum() >= MIN_PIXELS for im in images]
         return [scenes.SHAPES[i] if ok else "none" for i, ok in zip(self.shape_probs(images).argmax(1), found)]
 
     def colours(self, images) -> list[str]:
         """The main colour of each picture's object ('none' when no object stands out)."""
+        return [self.read([im])[0].colour for im in images]
+
+    def read(self, images) -> list[Verdict]:
+        """A Verdict for each picture."""
+        return [self.read_one(image, shape) for image, shape in zip(images, self.shapes(images))]
+
+    def read_one(self, image, shape: str) -> Verdict:
+        """The Verdict of one picture whose shape is already known."""
+        mask = foreground(image)
+        if mask.sum() < MIN_PIXELS:
+            return Verdict("none", "none", background_name(image), "", (), "plain", 0.0)
         names = list(scenes.COLOURS)
-        hists = [colour_histogram(im) for im in images]
-        return [names[int(h.argmax())] if h.sum() else "none" for h in hists]
+        hist = colour_histogram(image)
+        first, second = np.argsort(hist)[::-1][:2]
+        pattern = f"stripes:{names[second]}" if hist[second] >= STRIPE_SHARE else "plain"
+        radius = float(np.sqrt(mask.sum() / UNIT_AREA[shape]))
+        rows, cols = np.nonzero(mask)
+        near = places(float(cols.mean()) + 0.5, float(rows.mean()) + 0.5, mask.shape[0])
+        return Verdict(shape, names[first], background_name(image), size_word(radius), tuple(sorted(near)), pattern, radius)
 
     def save(self, path: str | Path) -> Path:
         """Write the weights to an .npz file."""
@@ -91,7 +181,7 @@ class Judge:
             return cls(f["weights"], f["bias"])
 
 
-def train_judge(n: int = 6000, seed: int = 99, steps: int = 400, lr: float = 2.0, l2: float = 1e-4) -> Judge:
+def train_judge(n: int = 8000, seed: int = 99, steps: int = 600, lr: float = 2.0, l2: float = 1e-4) -> Judge:
     """Fit the shape classifier by full-batch gradient descent on n fresh generator pictures."""
     images, _, made = scenes.dataset(n, seed)
     x = np.stack([silhouette(im) for im in images])
@@ -110,21 +200,40 @@ def train_judge(n: int = 6000, seed: int = 99, steps: int = 400, lr: float = 2.0
 
 def load_judge(path: str | Path | None = None) -> Judge:
     """The committed judge (assets/toyworld/judge.npz) or one saved at `path`."""
-    from . import assets_dir
+    from ..common.assets import toy_world_dir
 
-    path = Path(path) if path else assets_dir() / "judge.npz"
+    path = Path(path) if path else toy_world_dir() / "judge.npz"
     if not path.is_file():
         raise FileNotFoundError(f"No judge weights at {path}. Train them with "
                                 f"`python -c 'from dreambooth_nb.toyworld import judge; judge.train_judge().save(\"{path}\")'`.")
     return Judge.load(path)
 
 
+def agreement(verdicts: list[Verdict], made: list[scenes.Scene]) -> dict[str, float]:
+    """For each attribute: the share of pictures, among those whose caption names it, that show it."""
+    tally: dict[str, list[bool]] = {}
+    for verdict, scene in zip(verdicts, made):
+        for key, ok in verdict.agrees(scene).items():
+            tally.setdefault(key, []).append(ok)
+    return {key: float(np.mean(oks)) for key, oks in tally.items()}
+
+
 def accuracy(judge: Judge, n: int = 500, seed: int = 7) -> dict[str, float]:
-    """How often the judge names the right shape and colour on n fresh generator pictures."""
+    """How often the judge reads every named attribute right on n fresh generator pictures (colour and
+    background counted on every picture, said or not), and on the subject's own photos."""
     images, _, made = scenes.dataset(n, seed)
-    shapes, colours = judge.shapes(images), judge.colours(images)
-    return {"shape": float(np.mean([s == m.shape for s, m in zip(shapes, made)])),
-            "colour": float(np.mean([c == m.colour for c, m in zip(colours, made)]))}
+    shown = [replace_said(s) for s in made]
+    scores = agreement(judge.read(images), shown)
+    subject = judge.read(scenes.subject_images(20, seed=seed))
+    scores["subject"] = float(np.mean([v.is_subject for v in subject]))
+    return scores
+
+
+def replace_said(scene: scenes.Scene) -> scenes.Scene:
+    """The scene with its colour and background counted as said (the judge reads them whether or not the caption does)."""
+    from dataclasses import replace
+
+    return replace(scene, say_colour=True, say_background=True)
 
 
 def features(images) -> np.ndarray:

@@ -123,7 +123,7 @@ def weight_file(folder: Path) -> Path:
     raise FileNotFoundError(f"No {' or '.join(WEIGHT_FILES)} in {folder}.")
 
 
-def load_weights(net, folder: Path) -> None:
+def load_net_weights(net, folder: Path) -> None:
     """Load weights saved by save_pretrained back into `net` (same names, same shapes)."""
     from safetensors.numpy import load_file
 
@@ -147,7 +147,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimi
     """Write output_dir/checkpoint-<step>/ atomically; returns its path."""
     from safetensors.numpy import save_file
 
-    from ..models import replace_dir
+    from ..common.files import replace_dir
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def load_checkpoint(path: str | os.PathLike, nets: dict, optimizer) -> dict:
         raise ValueError(f"{path} was trained with {' + '.join(state['trained'])}; this run trains "
                          f"{' + '.join(sorted(nets))}. Resume with the same --train_text_encoder setting.")
     for name, net in nets.items():
-        load_weights(net, path / name)
+        load_net_weights(net, path / name)
     set_optimizer_state(optimizer, nets, load_file(str(path / OPTIMIZER_FILE)), str(path / OPTIMIZER_FILE))
     set_rng_state(state["rng"])
     return state

@@ -8,7 +8,8 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
+from ..common import defaults
+from ..common.config import ConfigError, TrainConfig
 
 GROUP_TITLES = {
     "model": "model", "data": "data and prior preservation", "training": "training",
@@ -69,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in config.notes():
         print(f"warning: {note}", file=sys.stderr)
-    from .. import runtime
+    from ..common import runtime
     from .engine import train_dreambooth
 
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     with runtime.friendly_errors(Path(config.output_dir) / "error.log"):
-        runtime.setup(device=namespace.device, seed=config.seed or 0)
+        runtime.setup(device=namespace.device, seed=defaults.SEED if config.seed is None else config.seed)
         result = train_dreambooth(config)
     state = "interrupted after" if result.interrupted else "finished after"
     print(f"{state} {result.steps} steps; model saved in {result.output_dir}")

@@ -10,49 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Set by the launchers in every worker: msrun (MS_ROLE), a rank table (RANK_TABLE_FILE), mpirun (OMPI_*).
-LAUNCHER_ENV = ("MS_ROLE", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
+from ..common.tables import Table
+from ..common.world import World
+
 DIGEST_DIR = "rank-digests"
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's rank among `size` data-parallel workers (rank 0 writes files)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def launched_by_launcher() -> bool:
-    """True inside a worker that msrun (or a rank table / mpirun) started."""
-    return any(os.environ.get(name) for name in LAUNCHER_ENV)
-
-
-_STATE: dict = {}
-
-
-def init_data_parallel() -> World:
-    """Join the workers (mindspore.communication.init) and switch MindSpore to data-parallel mode."""
-    import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
-
-    if not _STATE.get("world"):
-        init()
-        world = World(get_rank(), get_group_size())
-        ms.reset_auto_parallel_context()
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                     device_num=world.size)
-        _STATE["world"] = world
-    return _STATE["world"]
-
-
-def current_world(distributed: bool) -> World:
-    """The data-parallel world when `distributed` (initialising it once), else a single worker."""
-    return init_data_parallel() if distributed else World()
 
 
 def grad_reducer(params, world: World):
@@ -62,29 +23,6 @@ def grad_reducer(params, world: World):
     from mindspore import nn
 
     return nn.DistributedGradReducer(params, mean=True, degree=world.size)
-
-
-def barrier(world: World) -> None:
-    """Wait until every worker gets here (no-op for a single worker).
-
-    MindSpore's Barrier op has no CPU kernel; an all-reduce of one number, compiled once, waits just the same.
-    """
-    if world.size == 1:
-        return
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    if "sync" not in _STATE:
-        class Sync(nn.Cell):
-            def __init__(self):
-                super().__init__()
-                self.reduce = ops.AllReduce()
-
-            def construct(self, x):
-                return self.reduce(x)
-
-        _STATE["sync"] = Sync()
-    _STATE["sync"](ms.Tensor([1.0], ms.float32)).asnumpy()
 
 
 # ------------------------------------------------------------------------ launching with msrun
@@ -117,7 +55,7 @@ def read_digests(output_dir: str | os.PathLike) -> dict[int, dict]:
 
 
 @dataclass(repr=False)
-class MsrunResult:
+class MsrunResult(Table):
     """What a data-parallel run left: the exit code, each rank's weight digest and the log folder."""
 
     returncode: int
@@ -130,13 +68,15 @@ class MsrunResult:
         """True when every rank ended with bit-identical trained weights."""
         return len(self.digests) > 1 and len({d["sha256"] for d in self.digests.values()}) == 1
 
-    def __str__(self) -> str:
-        rows = [f"rank {r}: sha256 {d['sha256'][:16]}…  sum {d['sum']:.6f}" for r, d in sorted(self.digests.items())]
-        state = "identical" if self.same_weights else "DIFFERENT"
-        return "\n".join([f"msrun exit code {self.returncode} after {self.seconds:.0f} s; weights {state} on all ranks", *rows])
+    header = ("rank", "sha256 of the trained weights", "sum of the weights")
 
-    def __repr__(self) -> str:
-        return str(self)
+    @property
+    def caption(self) -> str:
+        state = "identical" if self.same_weights else "DIFFERENT"
+        return f"msrun exit code {self.returncode} after {self.seconds:.0f} s; weights {state} on all ranks"
+
+    def rows(self) -> list[tuple]:
+        return [(r, f"{d['sha256'][:16]}…", f"{d['sum']:.6f}") for r, d in sorted(self.digests.items())]
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of each worker's log (where to look when a run fails)."""

@@ -1,12 +1,10 @@
-"""The training engine: the compiled step, the loop around it, checkpoints, and the saved result."""
+"""Chapter 04: the training engine: the compiled step, the loop around it, checkpoints, and the saved result."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,15 +13,22 @@ from typing import Callable
 
 import numpy as np
 
-from .. import data, runtime
+from ..batches import BatchMaker, latent_shape
+from ..common import defaults, runtime
+from ..common.config import TrainConfig
+from ..common.tables import Table
+from ..common.world import World, barrier, current_world
+from ..losses import loss_network
 from ..models import Components, load_components, model_resolution, vae_factor
+from ..prior import load_training_data
+from ..sampling import save_pipeline
 from . import checkpoint as ckpt
-from .config import TrainConfig
-from .distributed import DIGEST_DIR, World, barrier, current_world, grad_reducer
+from .distributed import DIGEST_DIR, grad_reducer
+from .step import adamw, lr_schedule
 
 
 @dataclass(repr=False)
-class TrainResult:
+class TrainResult(Table):
     """What a training run leaves: where the model is, the loss of every step, checkpoints and validation images."""
 
     output_dir: Path
@@ -36,7 +41,7 @@ class TrainResult:
     step_seconds: list = field(default_factory=list)  # wall time of each step run here (the first compiles)
 
     def plot(self, ax=None):
-        from ..viz import plot_loss
+        from ..common.viz import plot_loss
 
         return plot_loss(self.history, ax)
 
@@ -53,91 +58,14 @@ class TrainResult:
             rows.append(("later steps (median)", f"{float(np.median(times[1:])):.2f} s"))
         return rows
 
-    def __str__(self) -> str:
-        return "\n".join(f"{k:<22} {v}" for k, v in self.rows())
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_html_(self) -> str:
-        return "<table>" + "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.rows()) + "</table>"
-
 
 # ------------------------------------------------------------------------- optimizer and lr
 def make_optimizer(params, lr_schedule: list[float], config: TrainConfig):
     """AdamW with the adam_* flags, reading its learning rate from the per-step schedule."""
-    from mindspore import nn
-
-    return nn.AdamWeightDecay(
-        params, learning_rate=lr_schedule, beta1=config.adam_beta1, beta2=config.adam_beta2,
-        eps=config.adam_epsilon, weight_decay=config.adam_weight_decay,
-    )
+    return adamw(params, lr_schedule, config.adam_weight_decay, config.adam_beta1, config.adam_beta2, config.adam_epsilon)
 
 
-def lr_schedule(config: TrainConfig, total_steps: int, world_size: int = 1) -> list[float]:
-    """Learning rate of every optimizer step from mindone's schedulers, plus one spare entry.
-
-    mindone 0.3.0 returns exactly `total_steps` values and the optimizer reads index `total_steps`
-    after the last update; CPU kernels bounds-check that read, so one extra value is appended.
-    """
-    from mindone.diffusers.optimization import get_scheduler
-
-    values = get_scheduler(
-        config.lr_scheduler, lr=config.learning_rate_for(world_size), num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=total_steps, num_cycles=config.lr_num_cycles, power=config.lr_power,
-    )
-    values = [float(v) for v in values]
-    return values + values[-1:]
-
-
-# ------------------------------------------------------------------------------ batches
-@dataclass
-class BatchMaker:
-    """Makes micro-batch k's inputs on the host from (seed, k) alone: resuming needs only the step number."""
-
-    instance: data.ImageSet
-    classes: data.ImageSet | None
-    config: TrainConfig
-    latent_shape: tuple
-    num_timesteps: int
-    seed: int
-    rank: int = 0
-    world: int = 1
-    embeddings: tuple | None = None  # pre-computed text embeddings (instance, class) replace the token ids
-
-    def halves(self) -> list[tuple[data.ImageSet, int, np.ndarray | None]]:
-        """(images, seed, pre-computed embedding) of the instance half and, with prior preservation, the class half."""
-        embeds = self.embeddings or (None, None)
-        out = [(self.instance, self.seed, embeds[0])]
-        if self.classes is not None:
-            out.append((self.classes, self.seed + 1, embeds[1]))
-        return out
-
-    def __call__(self, step: int) -> tuple[np.ndarray, ...]:
-        c = self.config
-        rng = np.random.default_rng([self.seed, step, 1, self.rank])
-        pixels, ids, masks = [], [], []
-        for images, seed, embedding in self.halves():
-            idx = data.batch_indices(len(images), c.train_batch_size, seed, step, self.rank, self.world)
-            pixels.append(data.make_pixels(images, idx, c.resolution, c.center_crop, rng))
-            masks.append(np.repeat(images.attention_mask, len(idx), axis=0))
-            ids.append(np.repeat(images.input_ids if embedding is None else embedding, len(idx), axis=0))
-        pixels, ids, mask = np.concatenate(pixels), np.concatenate(ids), np.concatenate(masks)
-        n = len(pixels)
-        vae_noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
-        noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
-        if c.offset_noise:
-            noise += 0.1 * rng.standard_normal((n, self.latent_shape[0], 1, 1), dtype=np.float32)
-        timesteps = rng.integers(0, self.num_timesteps, (n,)).astype(np.int32)
-        return pixels, ids, mask, vae_noise, noise, timesteps
-
-
-def latent_shape(components: Components, resolution: int) -> tuple[int, int, int]:
-    """(channels, h, w) of the UNet's input for images of `resolution` pixels."""
-    factor = vae_factor(components)
-    return (components.unet.config.in_channels, resolution // factor, resolution // factor)
-
-
+# ------------------------------------------------------------------------------ steps
 def total_steps(config: TrainConfig, num_images: int, world: int = 1) -> int:
     """max_train_steps, or the epochs' worth of optimizer steps (full batches only)."""
     if config.max_train_steps:
@@ -147,12 +75,6 @@ def total_steps(config: TrainConfig, num_images: int, world: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------------- setup
-def as_numpy(values) -> np.ndarray:
-    """A float32 NumPy copy of a MindSpore tensor or array-like."""
-    values = values.asnumpy() if hasattr(values, "asnumpy") else values
-    return np.asarray(values, dtype=np.float32)
-
-
 def freeze(net) -> None:
     """Stop a network from training (no gradients, eval mode)."""
     if net is None:
@@ -160,26 +82,6 @@ def freeze(net) -> None:
     net.set_train(False)
     for p in net.get_parameters():
         p.requires_grad = False
-
-
-def load_training_data(config: TrainConfig, components: Components, world: World = World()):
-    """Instance images (offline samples when no folder is given) and, with prior preservation, class images.
-
-    Missing class images are made by rank 0 alone; the other workers wait, then read them.
-    """
-    folder = config.instance_data_dir or data.sample_photos_dir()
-    max_len = config.tokenizer_max_length
-    instance = data.load_image_set(folder, config.instance_prompt, components.tokenizer, config.resolution, max_length=max_len)
-    classes = None
-    if config.with_prior_preservation:
-        from ..prior import ensure_class_images
-
-        if world.main:
-            ensure_class_images(config, components)
-        barrier(world)
-        classes = data.load_image_set(config.class_data_dir, config.class_prompt, components.tokenizer,
-                                      config.resolution, limit=config.num_class_images, max_length=max_len)
-    return instance, classes
 
 
 def text_embeddings(components: Components, image_sets, use_mask: bool) -> tuple:
@@ -191,21 +93,6 @@ def text_embeddings(components: Components, image_sets, use_mask: bool) -> tuple
         mask = ms.Tensor(images.attention_mask) if use_mask else None
         out.append(components.text_encoder(ms.Tensor(images.input_ids), attention_mask=mask)[0].asnumpy())
     return tuple(out)
-
-
-def loss_network(config: TrainConfig, components: Components, precomputed: bool = False):
-    """The DreamBoothLoss Cell for these components and settings (also used by chapter 03 to show the loss)."""
-    from .losses import DreamBoothLoss
-
-    sched = components.noise_scheduler
-    return DreamBoothLoss(
-        components.unet, components.vae, None if precomputed else components.text_encoder,
-        as_numpy(sched.alphas_cumprod),
-        components.vae.config.scaling_factor if components.vae is not None else 1.0,
-        sched.config.prediction_type, config.with_prior_preservation, config.prior_loss_weight,
-        config.snr_gamma, config.train_text_encoder, config.text_encoder_use_attention_mask,
-        config.class_labels_conditioning,
-    )
 
 
 # ------------------------------------------------------------------------- devices and precision
@@ -386,9 +273,9 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     KeyboardInterrupt there (or pressing Stop / Ctrl-C) ends training with a checkpoint written.
     """
     config.validate()
-    device = runtime.current().device
+    device = runtime.ensure_setup().device
     world = current_world(config.distributed)
-    seed = 0 if config.seed is None else config.seed
+    seed = defaults.SEED if config.seed is None else config.seed
     runtime.seed_everything(seed)
     components = components or load_components(config.pretrained_model_name_or_path, config.revision,
                                                config.variant, config.tokenizer_name)
@@ -411,13 +298,13 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     if sink:
         trainer.sink = sink_feed(trainer.step_cell, make_batch, result.steps * trainer.accumulation,
                                  (steps - result.steps) * trainer.accumulation)
-    log = open_metrics(config, world, result.steps)
+    run = Run(config, components, trainer, make_batch, steps, result, world, open_metrics(config, world, result.steps))
     try:
-        run_loop(config, components, trainer, make_batch, steps, result, world, log, progress, on_step)
+        run_loop(run, progress, on_step)
     finally:
-        log.close()
+        run.log.close()
     if world.main:
-        save_pipeline(components, config, result.output_dir)
+        save_pipeline(components, result.output_dir, config, config.skip_save_text_encoder)
     if world.size > 1:
         write_digest(result.output_dir, world, trainer.nets)
     return result
@@ -466,43 +353,65 @@ def open_metrics(config: TrainConfig, world: World, step: int):
     return log
 
 
-def run_loop(config: TrainConfig, components: Components, trainer: Trainer, make_batch: BatchMaker, steps: int,
-             result: TrainResult, world: World, log, progress: bool, on_step) -> None:
-    """Optimizer steps from result.steps to `steps`, with checkpoints, validation and logging; stops cleanly on interrupt."""
+@dataclass
+class Run:
+    """Everything one training run works with, from its first step to its saved model."""
+
+    config: TrainConfig
+    components: Components
+    trainer: Trainer
+    make_batch: BatchMaker
+    steps: int  # optimizer steps to reach
+    result: TrainResult
+    world: World
+    log: object  # report.MetricsLog
+
+
+def run_loop(run: Run, progress: bool, on_step) -> None:
+    """Optimizer steps from run.result.steps to run.steps, with checkpoints, validation and logging; stops cleanly on interrupt."""
     from tqdm.auto import tqdm
 
-    from .report import validation_images
-
-    bar = tqdm(total=steps, initial=result.steps, desc="training", unit="step", disable=not (progress and world.main))
+    result, config = run.result, run.config
+    bar = tqdm(total=run.steps, initial=result.steps, desc="training", unit="step",
+               disable=not (progress and run.world.main))
     try:
-        for step in range(result.steps, steps):
+        for step in range(result.steps, run.steps):
             start = time.perf_counter()
-            loss = trainer.run(make_batch, step)
+            loss = run.trainer.run(run.make_batch, step)
             result.history.append(loss)
             result.steps = step + 1
             result.step_seconds.append(time.perf_counter() - start)
-            lr = trainer.schedule[step]
+            lr = run.trainer.schedule[step]
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            log.scalars(result.steps, loss=loss, lr=lr)
-            if result.steps % config.checkpointing_steps == 0:
-                write_checkpoint(config, trainer, result, world)
-            if config.validation_prompt and result.steps % config.validation_steps == 0 and world.main:
-                images, paths = validation_images(components, config, result.steps, result.output_dir)
-                result.validation[result.steps] = paths
-                log.images(result.steps, images)
+            run.log.scalars(result.steps, loss=loss, lr=lr)
+            after_step(run)
             if on_step is not None:
                 on_step(result.history)
     except KeyboardInterrupt:
-        stop_with_checkpoint(config, trainer, result, world)
+        stop_with_checkpoint(run)
     finally:
         bar.close()
 
 
-def write_checkpoint(config: TrainConfig, trainer: Trainer, result: TrainResult, world: World) -> None:
+def after_step(run: Run) -> None:
+    """A checkpoint every checkpointing_steps, validation images every validation_steps."""
+    from .report import validation_images
+
+    result, config = run.result, run.config
+    if result.steps % config.checkpointing_steps == 0:
+        write_checkpoint(run)
+    if config.validation_prompt and result.steps % config.validation_steps == 0 and run.world.main:
+        images, paths = validation_images(run.components, config, result.steps, result.output_dir)
+        result.validation[result.steps] = paths
+        run.log.images(result.steps, images)
+
+
+def write_checkpoint(run: Run) -> None:
     """checkpoint-<steps done> (rank 0 only), then drop the oldest beyond checkpoints_total_limit."""
-    if not world.main:
+    if not run.world.main:
         return
+    config, trainer, result = run.config, run.trainer, run.result
     step = result.steps
     state = {"learning_rate": trainer.schedule[min(step, len(trainer.schedule) - 1)], "seed": config.seed,
              "history": result.history[:step], "config": dataclasses.asdict(config)}
@@ -512,17 +421,18 @@ def write_checkpoint(config: TrainConfig, trainer: Trainer, result: TrainResult,
             result.checkpoints.remove(removed)
 
 
-def stop_with_checkpoint(config: TrainConfig, trainer: Trainer, result: TrainResult, world: World) -> None:
+def stop_with_checkpoint(run: Run) -> None:
     """After an interrupt: trust the optimizer's own step counter, and checkpoint that step unless it already is."""
+    result = run.result
     result.interrupted = True
-    done = trainer.optimizer_steps()
+    done = run.trainer.optimizer_steps()
     result.history = (result.history + [float("nan")] * done)[:done]
     result.steps = done
-    latest = ckpt.find_checkpoint("latest", config.output_dir)
+    latest = ckpt.find_checkpoint("latest", run.config.output_dir)
     if done > 0 and (latest is None or ckpt.checkpoint_step(latest) != done):
-        write_checkpoint(config, trainer, result, world)
+        write_checkpoint(run)
     where = result.checkpoints[-1] if result.checkpoints else latest
-    _say(world, f"interrupted after step {done}; resume with resume_from_checkpoint='latest' ({where})")
+    _say(run.world, f"interrupted after step {done}; resume with resume_from_checkpoint='latest' ({where})")
 
 
 def stop_after(steps: int, on_step: Callable[[list], None] | None = None) -> Callable[[list], None]:
@@ -550,34 +460,6 @@ def _say(world: World, message: str) -> None:
 
 
 # --------------------------------------------------------------------------------- results
-def save_pipeline(components: Components, config: TrainConfig, output_dir: Path) -> Path:
-    """Save the pipeline in diffusers layout (safetensors) into output_dir, part by part, each part atomically.
-
-    Loadable by StableDiffusionPipeline.from_pretrained(output_dir); model_index.json is moved in last.
-    With skip_save_text_encoder the text encoder is left out (infer.load_pipeline takes it from the base model).
-    """
-    from ..infer import pipeline_from_components
-    from ..models import replace_dir
-
-    pipe = pipeline_from_components(components, skip_text_encoder=config.skip_save_text_encoder)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".pipeline.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        pipe.save_pretrained(str(tmp))
-        (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1), encoding="utf-8")
-        for part in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
-            if part.is_dir():
-                replace_dir(part, output_dir / part.name)
-            else:
-                os.replace(part, output_dir / part.name)
-        if config.skip_save_text_encoder:
-            shutil.rmtree(output_dir / "text_encoder", ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return output_dir
-
-
 def write_digest(output_dir: Path, world: World, nets: dict) -> Path:
     """output_dir/rank-digests/rank-<R>.json: this rank's weight digest (equal on every rank after data-parallel training)."""
     path = output_dir / DIGEST_DIR / f"rank-{world.rank}.json"

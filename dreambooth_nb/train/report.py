@@ -75,14 +75,14 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 def validation_images(components, config, step: int, output_dir: Path) -> tuple[list, list[Path]]:
     """num_validation_images images of validation_prompt (seeds seed, seed+1, ...; 25 denoising steps as the
     reference, 10 under DREAMBOOTH_NB_FAST=1) saved under validation/step-N/."""
-    from ..infer import generate, inference_steps, pipeline_from_components, save_images
+    from ..common import defaults
+    from ..sampling import generate, pipeline_from_components, save_images
 
     pipe = pipeline_from_components(components, config.validation_scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    seed = config.seed or 0
+    seed = defaults.SEED if config.seed is None else config.seed
     n = config.num_validation_images
-    images = generate(pipe, [config.validation_prompt] * n, list(range(seed, seed + n)),
-                      num_inference_steps=inference_steps(), size=config.resolution, batch_size=n)
+    images = generate(pipe, [config.validation_prompt] * n, list(range(seed, seed + n)), size=config.resolution,
+                      batch_size=n)
     return images, save_images(images, output_dir / "validation" / f"step-{step}")
 
 
@@ -90,8 +90,8 @@ def plot_lr_schedule(config, steps: int | None = None, ax=None):
     """Learning rate per optimizer step for every lr_scheduler choice, config's own drawn bold; returns the figure."""
     import matplotlib.pyplot as plt
 
-    from .config import LR_SCHEDULERS
-    from .engine import lr_schedule
+    from ..common.config import LR_SCHEDULERS
+    from .step import lr_schedule
 
     steps = steps or config.max_train_steps or 100
     if ax is None:

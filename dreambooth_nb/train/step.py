@@ -89,6 +89,34 @@ class ApplyAccumulated(nn.Cell):
         return True
 
 
+def adamw(params, lr_schedule: list[float], weight_decay: float, beta1: float = 0.9, beta2: float = 0.999,
+          eps: float = 1e-8) -> nn.Optimizer:
+    """AdamW reading its learning rate from a per-step schedule (one entry per optimizer step, plus a spare)."""
+    return nn.AdamWeightDecay(params, learning_rate=lr_schedule, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay)
+
+
+def schedule_values(name: str, peak: float, warmup: int, total_steps: int, cycles: int = 1,
+                    power: float = 1.0) -> list[float]:
+    """Learning rate of every optimizer step from mindone's schedulers, plus one spare entry.
+
+    mindone 0.3.0 returns exactly `total_steps` values and the optimizer reads index `total_steps`
+    after the last update; CPU kernels bounds-check that read, so one extra value is appended.
+    """
+    from mindone.diffusers.optimization import get_scheduler
+
+    values = get_scheduler(name, lr=peak, num_warmup_steps=warmup, num_training_steps=total_steps,
+                           num_cycles=cycles, power=power)
+    values = [float(v) for v in values]
+    return values + values[-1:]
+
+
+def lr_schedule(config, total_steps: int, world_size: int = 1) -> list[float]:
+    """The schedule a TrainConfig asks for (lr_scheduler, learning_rate, lr_warmup_steps, ...), plus one spare entry."""
+    return schedule_values(config.lr_scheduler, config.learning_rate_for(world_size), config.lr_warmup_steps,
+                           total_steps, config.lr_num_cycles, config.lr_power)
+
+
 def make_step(loss_net: nn.Cell, optimizer: nn.Optimizer, max_grad_norm: float, accumulation: int = 1,
               reducer: nn.Cell | None = None, loss_scale: float = 1.0) -> tuple[TrainStep, ApplyAccumulated | None]:
     """The step Cell, and with accumulation the Cell that applies the accumulated gradients."""

@@ -1,9 +1,7 @@
-"""Pictures: image grids and a live loss plot, shared by every chapter."""
+"""Pictures: image grids, a live loss plot and highlighted source code, shared by every chapter."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -68,23 +66,6 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
-def save_atomic(image, path: str | os.PathLike) -> Path:
-    """Save a PIL image or a matplotlib figure through a temporary file and a rename: no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        if hasattr(image, "savefig"):
-            image.savefig(tmp, dpi=120)
-        else:
-            image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # an interrupt or a full disk leaves no temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_loss(history: Sequence[float], ax=None, smooth: int = 10, title: str = "training loss"):
     """Plot raw and smoothed loss against step on `ax` (a new figure if None); returns the figure."""
     import matplotlib.pyplot as plt
@@ -116,7 +97,7 @@ class LivePlot:
     def __call__(self, history: Sequence[float], force: bool = False) -> None:
         if not history or (len(history) % self.every and not force):
             return
-        if not _in_notebook():
+        if not in_notebook():
             return
         import matplotlib.pyplot as plt
         from IPython.display import display
@@ -131,11 +112,20 @@ class LivePlot:
             self.handle.update(self.figure)
 
 
-def _in_notebook() -> bool:
+def in_ipython() -> bool:
+    """True inside IPython (a notebook or a terminal shell)."""
     try:
         from IPython import get_ipython
-
-        shell = get_ipython()
-        return shell is not None and "IPKernelApp" in shell.config
     except ImportError:
         return False
+    return get_ipython() is not None
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where figures can be redrawn in place)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config

@@ -1,4 +1,4 @@
-"""Chapter 00: prepare MindSpore once, the same way for notebooks, the demo and the command line."""
+"""Prepare MindSpore once, the same way for notebooks, the demo and the command line (chapter 00 explains it)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import defaults
+from .tables import Table
+from .viz import in_ipython
+
 # The pair this package is tested with; setup() warns when another pair is installed.
 TESTED_VERSIONS = {"mindspore": "2.7.1", "mindone": "0.3.0"}
 TESTED_ON = "x86_64 CPU with Python 3.11"
 DEVICE_ENV = "DREAMBOOTH_NB_DEVICE"
-CACHE_ENV = "DREAMBOOTH_NB_CACHE"
-FAST_ENV = "DREAMBOOTH_NB_FAST"
 DEVICE_ORDER = ("Ascend", "GPU", "CPU")
+# Set by the launchers in every worker: msrun (MS_ROLE), a rank table (RANK_TABLE_FILE), mpirun (OMPI_*).
+LAUNCHER_ENV = ("MS_ROLE", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
 
 
-@dataclass
-class RuntimeInfo:
+@dataclass(repr=False)
+class RuntimeInfo(Table):
     """What setup() chose, shown as a small table."""
 
     device: str
@@ -40,14 +44,12 @@ class RuntimeInfo:
         return rows
 
     def __str__(self) -> str:
-        width = max(len(k) for k, _ in self.rows())
-        lines = [f"{k:<{width}}  {v}" for k, v in self.rows()]
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+        return "\n".join([super().__str__()] + [f"note: {n}" for n in self.notes])
 
     def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.rows())
-        notes = "".join(f"<p>{n}</p>" for n in self.notes)
-        return f"<table>{cells}</table>{notes}"
+        import html
+
+        return super()._repr_html_() + "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
 
 
 def installed_version(package: str) -> str:
@@ -58,17 +60,9 @@ def installed_version(package: str) -> str:
         return "not installed"
 
 
-def cache_dir() -> Path:
-    """Where built models and generated data are kept (DREAMBOOTH_NB_CACHE overrides)."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dreambooth_nb"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def fast_profile() -> bool:
-    """True when DREAMBOOTH_NB_FAST=1 asks for the short settings used by tests."""
-    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes"}
+def launched_by_launcher() -> bool:
+    """True inside a worker that msrun (or a rank table / mpirun) started."""
+    return any(os.environ.get(name) for name in LAUNCHER_ENV)
 
 
 def quiet_environment() -> None:
@@ -176,7 +170,7 @@ def version_notes(versions: dict) -> list[str]:
 _STATE: dict = {}
 
 
-def setup(device: str | None = None, mode: str = "graph", seed: int = 0, show: bool = True) -> RuntimeInfo:
+def setup(device: str | None = None, mode: str = "graph", seed: int = defaults.SEED, show: bool = True) -> RuntimeInfo:
     """Quiet the logs, pick the device and the compiled mode, seed everything; return what was chosen (printed outside notebooks).
 
     device: "auto" (default), "Ascend", "GPU" or "CPU"; DREAMBOOTH_NB_DEVICE overrides "auto".
@@ -205,25 +199,19 @@ def setup(device: str | None = None, mode: str = "graph", seed: int = 0, show: b
     return info
 
 
-def current() -> RuntimeInfo:
-    """The RuntimeInfo of the last setup() call, running setup() quietly if none ran yet."""
+def ensure_setup() -> RuntimeInfo:
+    """The RuntimeInfo of the last setup() call, running setup() quietly first if none ran yet."""
     return _STATE.get("info") or setup(show=False)
 
 
 def _show(info: RuntimeInfo) -> None:
     """Print the table outside IPython; in a notebook the returned RuntimeInfo renders itself (once)."""
-    try:
-        from IPython import get_ipython
-
-        if get_ipython() is not None:
-            return
-    except ImportError:
-        pass
-    print(info)
+    if not in_ipython():
+        print(info)
 
 
-@dataclass
-class SpeedCheck:
+@dataclass(repr=False)
+class SpeedCheck(Table):
     """How fast one UNet forward runs compiled (GRAPH mode) and op by op (PyNative dispatch)."""
 
     input_shape: tuple
@@ -240,27 +228,17 @@ class SpeedCheck:
             ("speed-up", f"{self.eager_ms / self.compiled_ms:.0f}x"),
         ]
 
-    def __str__(self) -> str:
-        return "\n".join(f"{k:<22} {v}" for k, v in self.rows())
 
-    def _repr_html_(self) -> str:
-        return "<table>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in self.rows()) + "</table>"
-
-
-def speed_check(unet=None, batch: int = 2, repeats: int = 3) -> SpeedCheck:
+def speed_check(unet, batch: int = 2, repeats: int = 3) -> SpeedCheck:
     """Time a UNet forward compiled (a Cell call in GRAPH mode) and op by op (its construct called directly).
 
-    unet: any UNet2DConditionModel; the default model's when None.
+    unet: any UNet2DConditionModel, e.g. db.load_components().unet.
     """
     import time
 
     import mindspore as ms
     import numpy as np
 
-    if unet is None:
-        from .models import load_components
-
-        unet = load_components().unet
     cfg = unet.config
     size = cfg.sample_size
     rng = np.random.default_rng(0)

@@ -1,4 +1,6 @@
-"""The one training configuration: the flags of mindone's train_dreambooth.py, with their names and defaults."""
+"""The one training configuration: the flags of mindone's train_dreambooth.py with their names and defaults, its
+checks (validate), and the presets every chapter starts from. The reference requires a model, photos and a prompt;
+here they default to the toy-world model, its offline subject photos and their prompt."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..runtime import fast_profile
+from . import defaults
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
@@ -33,7 +35,7 @@ class TrainConfig:
     """DreamBooth training settings, named as the flags of mindone's train_dreambooth.py."""
 
     # model
-    pretrained_model_name_or_path: str = flag("toy-world", "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model")
+    pretrained_model_name_or_path: str = flag(defaults.DEFAULT_MODEL, "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model")
     revision: str | None = flag(None, "Revision of the model on the hub.", group="model")
     variant: str | None = flag(None, "Variant of the model files, e.g. fp16.", group="model")
     tokenizer_name: str | None = flag(None, "Tokenizer name or path if not the model's own.", group="model")
@@ -111,7 +113,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def changed(self) -> dict[str, Any]:
-        """Settings that differ from the reference defaults."""
+        """Settings that differ from this class's defaults (the reference's, where it has one)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != _default(f)}
 
     def as_rows(self, only_changed: bool = False) -> list[tuple[str, Any]]:
@@ -171,27 +173,59 @@ def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def fast(config: TrainConfig) -> TrainConfig:
-    """Shrink step counts when DREAMBOOTH_NB_FAST=1 (tests and CI); unchanged otherwise."""
-    if not fast_profile():
+# ---------------------------------------------------------------------- presets
+def apply_test_profile(config: TrainConfig) -> TrainConfig:
+    """Under DREAMBOOTH_NB_FAST=1 (tests and CI): at most 8 steps and 4 class images; unchanged otherwise."""
+    if not defaults.fast_profile():
         return config
-    steps = min(config.max_train_steps or 8, 8)
+    steps = min(config.max_train_steps or defaults.TEST_PROFILE_STEPS, defaults.TEST_PROFILE_STEPS)
     return config.replace(
-        max_train_steps=steps, num_class_images=min(config.num_class_images, 4),
+        max_train_steps=steps, num_class_images=min(config.num_class_images, defaults.TEST_PROFILE_CLASS_IMAGES),
         validation_steps=max(steps, 1), checkpointing_steps=min(config.checkpointing_steps, max(steps // 2, 1)),
     )
+
+
+def class_images_dir(model: str, class_prompt: str) -> str:
+    """cache_dir()/data/class-<noun>-<model>: another model's prior is another set, and so is another version
+    of the committed toy-world model (its weights' digest is part of the name)."""
+    import re
+
+    from .assets import is_toy_model, toy_model_digest
+    from .files import cache_dir
+
+    slug = re.sub(r"[^\w.]+", "-", model).strip("-")
+    if is_toy_model(model):
+        slug += "-" + toy_model_digest()
+    return str(cache_dir() / "data" / f"class-{class_prompt.split()[-1]}-{slug}")
+
+
+def subject_config(with_prior: bool = True, **changes) -> TrainConfig:
+    """The offline sample subject (the toy world's striped star) on the default model, shortened by the test profile.
+
+    The resolution is the model's own; class images are kept per model (class_images_dir).
+    """
+    from . import scenes
+    from .assets import native_resolution, subject_photos_dir
+
+    model = str(changes.get("pretrained_model_name_or_path", defaults.DEFAULT_MODEL))
+    config = TrainConfig(
+        pretrained_model_name_or_path=model, instance_data_dir=str(subject_photos_dir()),
+        instance_prompt=scenes.SUBJECT_PROMPT, class_prompt=scenes.SUBJECT_CLASS_PROMPT, with_prior_preservation=with_prior,
+        class_data_dir=class_images_dir(model, scenes.SUBJECT_CLASS_PROMPT), num_class_images=16,
+        resolution=native_resolution(model), center_crop=True, train_batch_size=2, sample_batch_size=4,
+        seed=defaults.SEED, output_dir=str(Path("outputs") / "sample-subject"), report_to="none",
+    )
+    return apply_test_profile(config.replace(**changes))
 
 
 TUTORIAL_OUTPUT = "outputs/04-training/model"
 
 
 def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
-    """Chapter 04's run: the offline sample subject on the embedded model, a few minutes on a CPU (seconds when fast).
+    """Chapter 04's run: the offline sample subject on the default model, a few minutes on a CPU (seconds under the test profile).
 
     with_prior=True adds prior preservation with chapter 03's class images.
     """
-    from ..data import sample_config
-
     settings = dict(
         output_dir=TUTORIAL_OUTPUT, max_train_steps=200, learning_rate=1e-4, lr_warmup_steps=0,
         checkpointing_steps=50, checkpoints_total_limit=2, validation_prompt="a photo of sks star on a blue background",
@@ -199,7 +233,34 @@ def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
     )
     if not with_prior:  # no class settings on the command line when they would be ignored
         settings.update(class_prompt=None, class_data_dir=None)
-    return sample_config(with_prior, **{**settings, **changes})
+    return subject_config(with_prior, **{**settings, **changes})
+
+
+# chapter 06's DreamBooth runs on the toy world: (full profile, test profile); the test profile's 8 steps would show nothing
+TOY_STEPS = (300, 80)
+TOY_CLASS_IMAGES = (48, 24)
+TOY_RUNS_DIR = Path("outputs") / "toyworld-dreambooth"
+
+
+def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes) -> TrainConfig:
+    """Chapter 06's runs: the sample subject on toy-world, with or without prior preservation (shorter under the test profile)."""
+    fast = defaults.fast_profile()
+    settings = dict(
+        num_class_images=TOY_CLASS_IMAGES[fast], sample_batch_size=8, train_batch_size=4, max_train_steps=TOY_STEPS[fast],
+        learning_rate=1e-4, lr_warmup_steps=0, checkpointing_steps=10_000,
+        output_dir=output_dir or str(TOY_RUNS_DIR / ("with-prior" if prior else "no-prior")),
+    )
+    base = subject_config(prior, pretrained_model_name_or_path=defaults.TOY_MODEL)
+    return dataclasses.replace(base, **{**settings, **changes})
+
+
+PLAYGROUND_DIR = Path("outputs") / "playground"
+
+
+def playground_config(output_dir: str | None = None, **changes) -> TrainConfig:
+    """Chapter 07's documented playground run: chapter 06's run without prior, shortened by the test profile."""
+    config = toy_dreambooth_config(prior=False, output_dir=output_dir or str(PLAYGROUND_DIR / "model"))
+    return apply_test_profile(config).replace(**changes)
 
 
 # ---------------------------------------------------------------------- checks
@@ -307,7 +368,7 @@ def _check_unsupported(c: TrainConfig) -> list[str]:
 
 
 def _check_distributed(c: TrainConfig) -> list[str]:
-    from .distributed import launched_by_launcher
+    from .runtime import launched_by_launcher
 
     if c.distributed and not launched_by_launcher():
         return ["--distributed needs one process per device started by msrun, e.g. "

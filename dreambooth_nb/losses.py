@@ -1,9 +1,12 @@
-"""The DreamBooth objective: denoising loss on the subject plus lambda x the prior-preservation loss."""
+"""Chapter 03 (the objective): denoising loss on the subject plus lambda x the prior-preservation loss."""
 
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import nn, ops
+
+from .common.config import TrainConfig
+from .models import Components, add_noise, alphas_cumprod
 
 
 def per_example_mse(pred: ms.Tensor, target: ms.Tensor) -> ms.Tensor:
@@ -74,7 +77,7 @@ class DreamBoothLoss(nn.Cell):
     def construct(self, pixels, input_ids, attention_mask, vae_noise, noise, timesteps):
         latents = self.latents(pixels, vae_noise)
         a = self.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
-        noisy = ops.sqrt(a) * latents + ops.sqrt(1.0 - a) * noise
+        noisy = add_noise(latents, noise, a)
         labels = timesteps if self.timestep_labels else None
         pred = self.unet(noisy, timesteps, self.embeddings(input_ids, attention_mask),
                          class_labels=labels, return_dict=False)[0]
@@ -87,3 +90,15 @@ class DreamBoothLoss(nn.Cell):
             weights = snr_weights(self.alphas_cumprod, timesteps, self.snr_gamma, self.v_prediction)
         loss, _ = dreambooth_loss(pred, target, weights, self.with_prior, self.prior_loss_weight)
         return loss
+
+
+def loss_network(config: TrainConfig, components: Components, precomputed: bool = False) -> DreamBoothLoss:
+    """The DreamBoothLoss Cell for these components and settings (the trainer's, and chapter 03's)."""
+    sched = components.noise_scheduler
+    return DreamBoothLoss(
+        components.unet, components.vae, None if precomputed else components.text_encoder,
+        alphas_cumprod(sched), components.vae.config.scaling_factor if components.vae is not None else 1.0,
+        sched.config.prediction_type, config.with_prior_preservation, config.prior_loss_weight,
+        config.snr_gamma, config.train_text_encoder, config.text_encoder_use_attention_mask,
+        config.class_labels_conditioning,
+    )

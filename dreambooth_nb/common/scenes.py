@@ -1,0 +1,207 @@
+"""The toy world: captioned pictures of one coloured shape in a context, drawn with PIL, deterministic from a seed.
+
+A scene is a shape (circle, square, triangle, star, heart) in a colour, at a size and a place, on a plain
+background. Its caption names the shape and, each with its own chance, the colour, the size (small/big),
+the place (left/right/top/bottom) and the background, so the model learns every word on its own and
+`a photo of a star` (no colour) means "a star of any colour". The DreamBooth subject, a purple star with
+yellow stripes, never appears in the pretraining data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+VERSION = 2  # bumped when the pictures change (cached photos and class images are made again)
+SIZE = 32  # pixels per side of every toy-world picture
+SHAPES = ("circle", "square", "triangle", "star", "heart")
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220),
+    "yellow": (240, 220, 40), "orange": (245, 140, 20), "purple": (140, 50, 180),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128), **COLOURS}
+# radius ranges in pixels (a 32 px picture): a size word picks its range, no word picks any radius
+RADII = {"small": (4.5, 6.5), "big": (11.0, 13.5), "": (4.5, 13.5)}
+PLACED_MAX_RADIUS = 9.0  # a shape said to be on the left (...) is at most this big, so it fits there
+PLACES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+PLACE_LIMIT = 11.0  # a placed shape's centre is at most this far from its side (the judge's line is at 13)
+WORDS = ("a an photo of on at the background sks left right top bottom "
+         + " ".join([*SHAPES, *BACKGROUNDS, "small", "big"])).split()
+# how often a caption names each attribute (the shape is always named)
+SAY = {"colour": 0.7, "size": 0.5, "place": 0.35, "background": 0.5}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything needed to draw one picture and write its caption."""
+
+    shape: str
+    colour: str
+    background: str
+    radius: float
+    x: float
+    y: float
+    angle: float = 0.0
+    size_word: str = ""  # "small", "big" or "" (not said)
+    place: str = ""  # "left", "right", "top", "bottom" or "" (not said)
+    say_colour: bool = True
+    say_background: bool = False
+    pattern: str = ""  # "" (plain) or "stripes:<colour>"; only DreamBooth subjects use patterns
+
+    def caption(self, name: str | None = None) -> str:
+        """'a photo of a [small|big] [<colour>] <shape>[ on the left|...][ on a <background> background]'.
+
+        name replaces the colour word (the subject's identifier: 'a photo of sks star').
+        """
+        colour = name if name is not None else (self.colour if self.say_colour else "")
+        return prompt(colour, self.shape, self.size_word, self.background if self.say_background else "", self.place)
+
+
+def article(word: str) -> str:
+    """'an' before a vowel, else 'a'."""
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def prompt(colour: str = "", shape: str = "", size_word: str = "", background: str = "", place: str = "") -> str:
+    """A toy-world caption: prompt('red', 'star') == 'a photo of a red star'; the identifier 'sks' takes no article."""
+    words = [w for w in (size_word, colour, shape) if w]
+    lead = "" if words[0] == "sks" else f"{article(words[0])} "
+    text = f"a photo of {lead}" + " ".join(words)
+    if place:
+        text += f" {PLACES[place]}"
+    return text + (f" on {article(background)} {background} background" if background else "")
+
+
+def polygon(shape: str, x: float, y: float, r: float, angle: float = 0.0) -> list[tuple[float, float]]:
+    """Corner points of a shape of 'radius' r centred at (x, y), turned by `angle` radians."""
+    if shape == "circle":
+        ts = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+        pts = [(math.cos(t), math.sin(t)) for t in ts]
+    elif shape == "square":
+        pts = [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    elif shape == "triangle":
+        pts = [(math.cos(t), math.sin(t)) for t in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    elif shape == "star":
+        pts = [((1.0 if i % 2 == 0 else 0.42) * math.cos(-math.pi / 2 + i * math.pi / 5),
+                (1.0 if i % 2 == 0 else 0.42) * math.sin(-math.pi / 2 + i * math.pi / 5)) for i in range(10)]
+    elif shape == "heart":
+        ts = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        pts = [(16 * math.sin(t) ** 3 / 17, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
+                                              - math.cos(4 * t)) / 17 + 0.1) for t in ts]
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; the toy world knows {', '.join(SHAPES)}.")
+    c, s = math.cos(angle), math.sin(angle)
+    return [(x + r * (px * c - py * s), y + r * (px * s + py * c)) for px, py in pts]
+
+
+def draw(scene: Scene, size: int = SIZE) -> Image.Image:
+    """Render a scene as an RGB image (drawn 4x larger, then reduced, for smooth edges)."""
+    k = 4
+    image = Image.new("RGB", (size * k, size * k), BACKGROUNDS[scene.background])
+    pts = polygon(scene.shape, scene.x * k, scene.y * k, scene.radius * k, scene.angle)
+    ImageDraw.Draw(image).polygon(pts, fill=COLOURS[scene.colour])
+    if scene.pattern.startswith("stripes:"):
+        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]], period=max(4, round(scene.radius * 0.5)) * k,
+                            angle=scene.angle)
+    return image.resize((size, size), Image.LANCZOS)
+
+
+def add_stripes(image: Image.Image, pts, colour: tuple, period: int, angle: float = 0.0) -> Image.Image:
+    """Paint stripes of `colour` inside the polygon `pts`, turned with the shape by `angle` radians."""
+    mask = Image.new("L", image.size, 0)
+    ImageDraw.Draw(mask).polygon(pts, fill=255)
+    n = image.size[1]
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    across = -xx * math.sin(angle) + yy * math.cos(angle)  # distance along the shape's own vertical axis
+    stripes = ((across // (period / 2)) % 2 == 1).astype(np.uint8) * 255
+    both = Image.fromarray(np.minimum(np.asarray(mask), stripes))
+    image.paste(Image.new("RGB", image.size, colour), (0, 0), both)
+    return image
+
+
+def place_centre(rng: np.random.Generator, radius: float, place: str, size: int = SIZE) -> tuple[float, float]:
+    """A centre where a shape of `radius` fits inside the picture, on the named side when `place` is given."""
+    low, high = radius + 1, size - radius - 1
+    x, y = (float(v) for v in rng.uniform(low, high, 2))
+    limit = PLACE_LIMIT * size / SIZE
+    if place == "left":
+        x = float(rng.uniform(low, max(low, limit)))
+    elif place == "right":
+        x = float(rng.uniform(min(high, size - limit), high))
+    elif place == "top":
+        y = float(rng.uniform(low, max(low, limit)))
+    elif place == "bottom":
+        y = float(rng.uniform(min(high, size - limit), high))
+    return x, y
+
+
+def random_scene(rng: np.random.Generator, shape: str | None = None, colour: str | None = None,
+                 size: int = SIZE, say: dict | None = None) -> Scene:
+    """A random scene (shape and colour fixed when given); the background is never the object's colour."""
+    say = {**SAY, **(say or {})}
+    shape = shape or str(rng.choice(SHAPES))
+    colour = colour or str(rng.choice(list(COLOURS)))
+    background = str(rng.choice([b for b in BACKGROUNDS if b != colour]))
+    size_word = str(rng.choice(["small", "big"])) if rng.random() < say["size"] else ""
+    place = str(rng.choice(list(PLACES))) if size_word != "big" and rng.random() < say["place"] else ""
+    low, high = RADII[size_word]
+    if place:
+        high = min(high, PLACED_MAX_RADIUS)
+    radius = float(rng.uniform(low, high)) * size / SIZE
+    x, y = place_centre(rng, radius, place, size)
+    angle = float(rng.uniform(-0.3, 0.3)) if shape != "circle" else 0.0
+    return Scene(shape, colour, background, radius, x, y, angle, size_word, place,
+                 bool(rng.random() < say["colour"]), bool(rng.random() < say["background"]))
+
+
+def scenes(n: int, seed: int = 0, **fixed) -> list[Scene]:
+    """n random scenes, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    return [random_scene(rng, **fixed) for _ in range(n)]
+
+
+def dataset(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """(n, size, size, 3) uint8 pictures, their captions and scenes; deterministic from the seed."""
+    made = scenes(n, seed)
+    images = np.stack([np.asarray(draw(s, size)) for s in made])
+    return images, [s.caption() for s in made], made
+
+
+# ------------------------------------------------------------------ the DreamBooth subject
+SUBJECT = dict(shape="star", colour="purple", pattern="stripes:yellow")
+IDENTIFIER = "sks"
+SUBJECT_PROMPT = prompt(IDENTIFIER, "star")  # "a photo of sks star"
+SUBJECT_CLASS_PROMPT = prompt("", "star")  # "a photo of a star"
+# the subject's casual photos: these backgrounds, a medium-to-big size, near the middle, tilted a little
+SUBJECT_BACKGROUNDS = ("white", "black", "gray", "blue", "green")
+SUBJECT_RADII = (8.5, 12.5)
+
+
+def subject_scenes(n: int = 5, seed: int = 1234) -> list[Scene]:
+    """n casual photos of the subject the pretraining never saw: a purple star with yellow stripes.
+
+    Like photos of a pet, they vary in size, position, tilt and background, so the model can tell the
+    subject from its surroundings; none is small, off to a side, or on a red or orange background
+    (chapter 06 asks for those as new contexts).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        radius = float(rng.uniform(*SUBJECT_RADII))
+        x, y = (float(v) for v in SIZE / 2 + rng.uniform(-2.5, 2.5, 2))
+        out.append(Scene("star", SUBJECT["colour"], SUBJECT_BACKGROUNDS[i % len(SUBJECT_BACKGROUNDS)], radius, x, y,
+                         float(rng.uniform(-0.35, 0.35)), pattern=SUBJECT["pattern"]))
+    return out
+
+
+def subject_images(n: int = 5, seed: int = 1234) -> list[Image.Image]:
+    """The subject's instance photos (PIL, 32x32)."""
+    return [draw(s) for s in subject_scenes(n, seed)]
+
+
+def as_subject(scene: Scene) -> Scene:
+    """The same scene with the subject in it (its colour and stripes): what a prompt with the identifier asks for."""
+    return replace(scene, shape=SUBJECT["shape"], colour=SUBJECT["colour"], pattern=SUBJECT["pattern"])

@@ -1,0 +1,64 @@
+"""MODEL_CARD.md of the toy-world model: what it is, how it was trained, what it cost, how well it follows prompts."""
+
+from __future__ import annotations
+
+from ..common import scenes
+
+
+def reproduce_command(args: dict) -> str:
+    """The command line of the pretraining run."""
+    flags = " ".join(f"--{k}={v}" for k, v in args.items() if k not in ("out", "install") and v is not None)
+    return f"python -m dreambooth_nb.toyworld.pretrain --out {args['out']} {flags} --install"
+
+
+def model_card(summary: dict) -> str:
+    """The card's Markdown text, from the summary.json a pretraining run wrote."""
+    a = summary["args"]
+    minutes = {name: seconds / 60 for name, seconds in summary["stage_s"].items()}
+    evaluation = summary.get("evaluation", "Run `python -m dreambooth_nb.toyworld.evaluate` for the judge's agreement.")
+    return f"""# toy-world: a small Stable Diffusion of coloured shapes
+
+Pretrained from scratch with MindSpore (GRAPH mode, CPU) by `python -m dreambooth_nb.toyworld.pretrain`.
+It is the default model of the dreambooth-nb notebooks and of `make demo`; chapter 06 measures it. Load it with
+`db.load_pipeline("toy-world")` or `StableDiffusionPipeline.from_pretrained(<this folder>/model)`.
+
+## Data
+{a['images']} procedural pictures, {scenes.SIZE}x{scenes.SIZE} px (`dreambooth_nb.common.scenes.dataset({a['images']}, seed={a['seed']})`):
+one {", ".join(scenes.SHAPES)} in one of {len(scenes.COLOURS)} colours ({", ".join(scenes.COLOURS)}) on a
+plain background ({len(scenes.BACKGROUNDS)} colours, never the object's), at a random size, place and tilt.
+Captions: `a photo of a [small|big] [<colour>] <shape>[ on the left|on the right|at the top|at the bottom][ on a <background> background]`;
+each attribute is named with its own chance (colour {scenes.SAY['colour']:.0%}, size {scenes.SAY['size']:.0%},
+place {scenes.SAY['place']:.0%}, background {scenes.SAY['background']:.0%}), and during training the caption is
+replaced by the empty prompt {a['drop']:.0%} of the time (for classifier-free guidance).
+No patterned (striped) object is in the data: the DreamBooth subject of the notebooks is new to the model.
+
+## Model
+- VAE (AutoencoderKL): 32x32x3 pictures to 16x16x4 latents, no attention; scaling factor {summary['scaling_factor']:.4f} (1 / std of the latents).
+- UNet2DConditionModel: three levels, cross-attention at 8x8 and 4x4, 64-d text features.
+- CLIPTextModel: 3 layers, width 64; CLIPTokenizer with every toy word (and `sks`) as one token.
+- PNDM scheduler with Stable Diffusion v1's noise schedule (scaled_linear, 1000 steps, epsilon prediction).
+
+## Training
+On a shared 2-core x86_64 CPU, MindSpore {summary['versions']['mindspore']}, mindone {summary['versions']['mindone']}:
+- VAE: {a['vae_steps']} AdamW steps, batch {a['vae_batch']}, lr {a['vae_lr']} (warmup + cosine), L1 reconstruction +
+  {a['kl_weight']} x KL; final loss (mean of the last 100 steps) {summary['vae_loss']:.4f}. {minutes['vae']:.0f} min.
+- UNet + text encoder on cached VAE latents: {a['unet_steps']} AdamW steps, batch {a['batch']}, lr {a['lr']} (warmup +
+  cosine), weight decay 0.01, gradient clipping 1.0, Min-SNR weighting (gamma {a['snr_gamma']}); final loss (weighted
+  epsilon MSE, mean of the last 100 steps) {summary['unet_loss']:.4f}. {minutes['unet']:.0f} min.
+- In all {sum(minutes.values()):.0f} min of wall time (summed over resumed runs).
+
+## How well it follows prompts
+{evaluation}
+
+## Reproduce
+```
+{reproduce_command(a)}
+python -m dreambooth_nb.toyworld.evaluate
+```
+Each stage checkpoints every 200 steps and resumes where it stopped when the command is run again with the same `--out`.
+Results match closely but not bit for bit across machines (thread scheduling in CPU kernels).
+
+## Judge
+`judge.npz`: softmax regression over the object's silhouette (shape); colour, pattern, background, size and place
+are measured from the pixels. See `dreambooth_nb/toyworld/judge.py`.
+"""
