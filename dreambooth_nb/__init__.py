@@ -34,21 +34,25 @@ _EXPORTS = {
     "tutorial_config": "common.config", "toy_dreambooth_config": "common.config", "playground_config": "common.config",
     "resolve_model": "common.assets", "subject_photos_dir": "common.assets", "portrait_photo": "common.assets",
     "tiny_model_path": "common.assets", "training_settings": "common.assets",
+    "toy_pretraining_captions": "common.assets", "show_code": "common.viz",
     "show_images": "common.viz", "image_grid": "common.viz", "plot_loss": "common.viz", "LivePlot": "common.viz",
     # 01
     "list_images": "data", "load_rgb": "data", "DataError": "data", "get_instance_photos": "data",
-    "check_images": "data", "make_problem_examples": "data", "transform_steps": "data", "normalize": "data",
+    "check_images": "data", "make_problem_examples": "data", "describe_photos": "data", "transform_steps": "data", "normalize": "data",
     # 02
     "load_components": "models", "tokenize": "models", "prompt_tokens": "models", "encode_prompt": "models",
     "vae_round_trip": "models", "noised_versions": "models", "plot_noise_schedule": "models", "add_noise": "models",
-    "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling",
+    "alphas_cumprod": "models", "inspect_identifier": "models",
+    "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling", "sampling_pipeline": "sampling",
+    "guide": "sampling", "denoising_step": "sampling", "sample_by_hand": "sampling", "guidance_sweep": "sampling",
+    "denoising_trajectory": "sampling",
     # 03
     "ensure_class_images": "prior", "generate_class_images": "prior", "class_images": "prior",
     "prior_loss_terms": "prior", "training_batch": "prior", "dreambooth_loss": "losses",
     # 04
     "train_dreambooth": "train.engine", "TrainResult": "train.engine", "stop_after": "train.engine",
     "list_checkpoints": "train.checkpoint", "weight_digest": "train.checkpoint",
-    "read_metrics": "train.report", "plot_lr_schedule": "train.report",
+    "read_metrics": "train.report", "plot_lr_schedule": "train.report", "samples_over_steps": "train.report",
     "run_msrun": "train.distributed", "msrun_command": "train.distributed", "msrun_shell": "train.distributed",
     # 05
     "load_pipeline": "infer", "swap_weights": "infer", "compare_models": "infer", "trained_model": "infer",

@@ -130,13 +130,7 @@ class BatchMaker:
     def __call__(self, step: int) -> tuple[np.ndarray, ...]:
         c = self.config
         rng = np.random.default_rng([self.seed, step, 1, self.rank])
-        pixels, ids, masks = [], [], []
-        for images, seed, embedding in self.halves():
-            idx = batch_indices(len(images), c.train_batch_size, seed, step, self.rank, self.world)
-            pixels.append(make_pixels(images, idx, c.resolution, c.center_crop, rng))
-            masks.append(np.repeat(images.attention_mask, len(idx), axis=0))
-            ids.append(np.repeat(images.input_ids if embedding is None else embedding, len(idx), axis=0))
-        pixels, ids, mask = np.concatenate(pixels), np.concatenate(ids), np.concatenate(masks)
+        pixels, ids, mask = self.examples(step, rng, c.center_crop)
         n = len(pixels)
         vae_noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
         noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
@@ -144,6 +138,27 @@ class BatchMaker:
             noise += 0.1 * rng.standard_normal((n, self.latent_shape[0], 1, 1), dtype=np.float32)
         timesteps = rng.integers(0, self.num_timesteps, (n,)).astype(np.int32)
         return pixels, ids, mask, vae_noise, noise, timesteps
+
+    def examples(self, step: int, rng: np.random.Generator, center_crop: bool) -> tuple[np.ndarray, ...]:
+        """Pixels, token ids (or embeddings) and attention masks of step `step`'s examples, both halves."""
+        pixels, ids, masks = [], [], []
+        for images, seed, embedding in self.halves():
+            idx = batch_indices(len(images), self.config.train_batch_size, seed, step, self.rank, self.world)
+            pixels.append(make_pixels(images, idx, self.config.resolution, center_crop, rng))
+            masks.append(np.repeat(images.attention_mask, len(idx), axis=0))
+            ids.append(np.repeat(images.input_ids if embedding is None else embedding, len(idx), axis=0))
+        return np.concatenate(pixels), np.concatenate(ids), np.concatenate(masks)
+
+    def fixed(self) -> tuple[np.ndarray, ...]:
+        """A batch that never changes (for the validation loss): step 0's pictures, centre-cropped, fixed noise,
+        and in each half timesteps spread evenly over the schedule."""
+        rng = np.random.default_rng([self.seed, 2**31 - 1, 7, self.rank])
+        pixels, ids, mask = self.examples(0, rng, center_crop=True)
+        n, half = len(pixels), self.config.train_batch_size
+        vae_noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
+        noise = rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
+        spread = ((np.arange(half) + 0.5) / half * self.num_timesteps).astype(np.int32)
+        return pixels, ids, mask, vae_noise, noise, np.tile(spread, n // half)
 
 
 def latent_shape(components: Components, resolution: int) -> tuple[int, int, int]:

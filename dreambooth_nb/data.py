@@ -69,6 +69,18 @@ def get_instance_photos(source: str | os.PathLike | None = EXAMPLE_DATASET, offl
     return subject_photos_dir()
 
 
+def describe_photos(folder: str | os.PathLike) -> str:
+    """One sentence saying which photos a folder holds: the offline sample subject, a hub dataset, or your own."""
+    folder = Path(folder)
+    count = len(list_images(folder))
+    if folder.parent == subject_photos_dir().parent and folder.name.startswith("sks-star"):
+        return (f"{count} offline sample photos of the toy world's subject, a purple star with yellow stripes "
+                f"(the toy-world model never saw it), in {folder}.")
+    if folder.parent == cache_dir() / "data" and "--" in folder.name:
+        return f"{count} photos downloaded from the hub dataset {folder.name.replace('--', '/', 1)}, in {folder}."
+    return f"{count} photos from your folder {folder}."
+
+
 def existing_folder(path: str | os.PathLike) -> Path:
     """`path` as a Path when it is a folder; a DataError saying what to do otherwise."""
     path = Path(path).expanduser()

@@ -15,18 +15,18 @@ def per_example_mse(pred: ms.Tensor, target: ms.Tensor) -> ms.Tensor:
 
 
 def dreambooth_loss(pred: ms.Tensor, target: ms.Tensor, weights: ms.Tensor, with_prior: bool,
-                    prior_loss_weight: float) -> tuple[ms.Tensor, ms.Tensor]:
-    """(total loss, prior loss) for a batch whose second half holds the class examples when with_prior.
+                    prior_loss_weight: float) -> tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+    """(total, instance term, prior term) for a batch whose second half holds the class examples when with_prior.
 
     loss = mean_i w_i ||pred_i - target_i||^2 over instance examples
          + prior_loss_weight * mean_j w_j ||pred_j - target_j||^2 over class examples.
     """
     errors = per_example_mse(pred, target) * weights
     if not with_prior:
-        return errors.mean(), ops.zeros((), ms.float32)
+        return errors.mean(), errors.mean(), ops.zeros((), ms.float32)
     instance, prior = ops.chunk(errors, 2, axis=0)
-    prior_loss = prior.mean()
-    return instance.mean() + prior_loss_weight * prior_loss, prior_loss
+    instance_loss, prior_loss = instance.mean(), prior.mean()
+    return instance_loss + prior_loss_weight * prior_loss, instance_loss, prior_loss
 
 
 def snr_weights(alphas_cumprod: ms.Tensor, timesteps: ms.Tensor, snr_gamma: float, v_prediction: bool) -> ms.Tensor:
@@ -38,7 +38,12 @@ def snr_weights(alphas_cumprod: ms.Tensor, timesteps: ms.Tensor, snr_gamma: floa
 
 
 class DreamBoothLoss(nn.Cell):
-    """Forward pass of one DreamBooth batch: encode, noise, predict, compare; returns the loss."""
+    """Forward pass of one DreamBooth batch: encode, noise, predict, compare.
+
+    Returns (loss, instance term, prior term): training differentiates the first and reports all three.
+    """
+
+    terms = ("loss", "instance_loss", "prior_loss")
 
     def __init__(self, unet, vae, text_encoder, alphas_cumprod, scaling_factor: float,
                  prediction_type: str = "epsilon", with_prior: bool = False, prior_loss_weight: float = 1.0,
@@ -88,8 +93,7 @@ class DreamBoothLoss(nn.Cell):
             weights = ops.ones(timesteps.shape, ms.float32)
         else:
             weights = snr_weights(self.alphas_cumprod, timesteps, self.snr_gamma, self.v_prediction)
-        loss, _ = dreambooth_loss(pred, target, weights, self.with_prior, self.prior_loss_weight)
-        return loss
+        return dreambooth_loss(pred, target, weights, self.with_prior, self.prior_loss_weight)
 
 
 def loss_network(config: TrainConfig, components: Components, precomputed: bool = False) -> DreamBoothLoss:

@@ -242,19 +242,22 @@ def add_noise(x, noise, alpha_bar):
 
 
 def plot_noise_schedule(scheduler, ax=None):
-    """Signal √ᾱ_t and noise √(1-ᾱ_t) against the timestep t; returns the figure."""
+    """How much of the picture (√ᾱ_t) and of the noise (√(1-ᾱ_t)) a noised sample holds at each timestep t: the
+    schedule training noises with, and every sampler steps back through. Returns the figure."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     a = alphas_cumprod(scheduler)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(np.sqrt(a), label="signal  √ᾱ_t")
+        _, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(np.sqrt(a), label="picture  √ᾱ_t")
     ax.plot(np.sqrt(1 - a), label="noise  √(1-ᾱ_t)")
-    ax.plot(a, "--", label="ᾱ_t")
+    ax.plot(a, "--", label="ᾱ_t (signal share of the variance)")
     ax.set_xlabel("timestep t")
-    ax.set_title(f"{type(scheduler).__name__}: {scheduler.config.beta_schedule}, {len(a)} steps")
-    ax.legend()
+    ax.set_ylabel("weight in x_t = √ᾱ_t·x + √(1-ᾱ_t)·ε")
+    ax.set_title(f"the noise schedule: {scheduler.config.beta_schedule} betas "
+                 f"{scheduler.config.beta_start:g}-{scheduler.config.beta_end:g}, {len(a)} timesteps", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax.figure
 
@@ -271,3 +274,49 @@ def noised_versions(components: Components, image, timesteps, seed: int = 0, res
     noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
     a = alphas_cumprod(components.noise_scheduler)
     return [to_pil(data.denormalize(add_noise(x, noise, a[t]))) for t in timesteps]
+
+
+# ------------------------------------------------------------ chapter 02: the identifier
+@dataclass(repr=False)
+class IdentifierReport(Table):
+    """What the model knows of a would-be identifier: its tokens, how often training saw it, its embedding."""
+
+    identifier: str
+    tokens: list
+    seen_in_training: int | None  # times in the pretraining captions (None: unknown, e.g. a hub model)
+    norm: float  # length of its input embedding (one token) or the mean over its tokens
+    typical_norm: float  # the same for the words training did see
+    nearest: list  # the vocabulary's words whose embeddings point the most the same way
+    header = ("question", "answer")
+
+    @property
+    def caption(self) -> str:
+        return f"the identifier {self.identifier!r}"
+
+    def rows(self) -> list[tuple[str, str]]:
+        seen = "unknown (the captions are not shipped with the model)" if self.seen_in_training is None else str(self.seen_in_training)
+        return [("tokens", " ".join(self.tokens)), ("one token?", "yes" if len(self.tokens) == 1 else "no"),
+                ("times in the pretraining captions", seen),
+                ("length of its input embedding", f"{self.norm:.2f} (words the model learned: {self.typical_norm:.2f} on average)"),
+                ("nearest words by embedding", ", ".join(self.nearest))]
+
+
+def inspect_identifier(components: Components, identifier: str = "sks", captions: list[str] | None = None,
+                       vocabulary: list[str] | None = None) -> IdentifierReport:
+    """How `identifier` tokenizes, how often `captions` (the pretraining captions, when known) use it, and where its
+    embedding sits among the words of `vocabulary` (default: the words in the captions)."""
+    import numpy as np
+
+    tokenizer = components.tokenizer
+    table = components.text_encoder.get_input_embeddings().embedding_table.asnumpy()
+    ids = tokenizer(identifier, add_special_tokens=False).input_ids
+    words = vocabulary or sorted({w for c in (captions or []) for w in c.split()} - {identifier})
+    word_ids = {w: tokenizer(w, add_special_tokens=False).input_ids for w in words}
+    single = {w: i[0] for w, i in word_ids.items() if len(i) == 1}
+    vector = table[ids].mean(0)
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-8)
+    closeness = {w: float(unit[i] @ vector / max(np.linalg.norm(vector), 1e-8)) for w, i in single.items()}
+    seen = None if captions is None else sum(c.split().count(identifier) for c in captions)
+    typical = float(np.mean([np.linalg.norm(table[i]) for i in single.values()])) if single else float("nan")
+    return IdentifierReport(identifier, tokenizer.convert_ids_to_tokens(ids), seen, float(np.linalg.norm(vector)),
+                            typical, sorted(closeness, key=closeness.get, reverse=True)[:5])

@@ -71,8 +71,7 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
     class-<index>-<hash>.png. Every batch has batch_size images (sampling.generate pads a short one):
     a new shape would make GRAPH mode compile the sampling loop again.
     """
-    from tqdm.auto import tqdm
-
+    from .common.viz import progress_bar
     from .sampling import generate
 
     ensure_setup()  # GRAPH mode (compiled) unless setup() was asked otherwise
@@ -83,7 +82,7 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
     steps = num_inference_steps or defaults.inference_steps()
     pipe.set_progress_bar_config(disable=True)
     written = []
-    with tqdm(total=len(todo), desc="class images", disable=not progress, unit="img") as bar:
+    with progress_bar(total=len(todo), desc="class images", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             images = generate(pipe, [prompt] * len(chunk), [seed + i for i in chunk], num_inference_steps=steps,
@@ -218,14 +217,14 @@ def prior_loss_terms(config: TrainConfig, components: Components, batch: Batch, 
 
     if not config.with_prior_preservation or "class" not in batch.halves:
         raise ValueError("prior_loss_terms needs a batch made with with_prior_preservation=True "
-                         "(config = db.sample_config(with_prior=True)).")
+                         "(config = db.subject_config(with_prior=True)).")
     ensure_setup()
     half = len(batch.pixels) // 2
     plain = loss_network(config.replace(with_prior_preservation=False), components)
-    terms = [float(plain(*[ms.Tensor(x[part]) for x in batch.inputs()]).asnumpy())
+    terms = [float(plain(*[ms.Tensor(x[part]) for x in batch.inputs()])[0].asnumpy())
              for part in (slice(0, half), slice(half, None))]
     total = None
     if check:
         trainer = loss_network(config, components)
-        total = float(trainer(*[ms.Tensor(x) for x in batch.inputs()]).asnumpy())
+        total = float(trainer(*[ms.Tensor(x) for x in batch.inputs()])[0].asnumpy())
     return LossTerms(terms[0], terms[1], config.prior_loss_weight, total)

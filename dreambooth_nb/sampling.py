@@ -124,3 +124,92 @@ def save_pipeline(components, output_dir: str | os.PathLike, settings=None, skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
+
+
+# ------------------------------------------------------------------ guided sampling, step by step
+def guide(eps_uncond, eps_cond, scale: float):
+    """Classifier-free guidance: start from the prediction without the prompt and go `scale` times as far as the
+    prompt pulls. scale 1 is the prompt's prediction alone; 0 ignores the prompt; above 1 exaggerates it."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def guided_noise(pipe, latents, t, embeddings, scale: float):
+    """The noise the model sees in the latents at step t: predicted without and with the prompt (one batch of
+    both, unconditional first), then guided."""
+    from mindspore import ops
+
+    both = pipe.scheduler.scale_model_input(ops.cat([latents] * 2), t)
+    eps = pipe.unet(both, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+    eps_uncond, eps_cond = eps.chunk(2)
+    return guide(eps_uncond, eps_cond, scale)
+
+
+def denoising_step(pipe, latents, t, embeddings, scale: float):
+    """One step of guided sampling as the pipeline runs it: the guided noise, then the scheduler moves the
+    latents from step t to the next."""
+    return pipe.scheduler.step(guided_noise(pipe, latents, t, embeddings, scale), t, latents, return_dict=False)[0]
+
+
+def predicted_clean(pipe, latents, t, eps):
+    """The clean latents a noise prediction implies at step t: (x_t - √(1-ᾱ_t) ε̂) / √ᾱ_t (the forward process undone)."""
+    a = float(pipe.scheduler.alphas_cumprod[int(t)])
+    return (latents - (1 - a) ** 0.5 * eps) / a ** 0.5
+
+
+def sample_by_hand(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,
+                   guidance_scale: float | None = None, keep_every: int = 0):
+    """The pipeline's sampling loop written out: start from seeded noise, repeat the guided step, decode.
+
+    Returns (picture, [(step, predicted clean picture), ...]) where the list holds, every `keep_every` steps,
+    what the latents would decode to if the remaining noise were removed at once (empty when keep_every is 0).
+    """
+    from mindspore import ops
+
+    size = default_size(pipe)
+    scale = default_guidance(pipe) if guidance_scale is None else guidance_scale
+    positive, negative = pipe.encode_prompt(prompt, 1, True)
+    embeddings = ops.cat([negative, positive])
+    pipe.scheduler.set_timesteps(num_inference_steps or defaults.inference_steps())
+    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, size, size, positive.dtype,
+                                   [np.random.default_rng(seed)])
+    kept = []
+    for i, t in enumerate(pipe.scheduler.timesteps):
+        eps = guided_noise(pipe, latents, t, embeddings, scale)
+        if keep_every and i % keep_every == 0:
+            kept.append((i, decode(pipe, predicted_clean(pipe, latents, t, eps))))
+        latents = pipe.scheduler.step(eps, t, latents, return_dict=False)[0]
+    return decode(pipe, latents), kept
+
+
+def decode(pipe, latents):
+    """A PIL picture from latents, through the pipeline's VAE and its rounding to 8 bits (as its last step does)."""
+    from PIL import Image
+
+    pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0].asnumpy()[0]
+    return Image.fromarray((np.clip(pixels / 2 + 0.5, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8))
+
+
+def guidance_sweep(pipe, prompts: Sequence[str], scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 7.5, 12.0),
+                   seed: int = defaults.SEED, num_inference_steps: int | None = None):
+    """One row per prompt, one column per guidance scale, the same seed everywhere; returns the figure."""
+    from .common.viz import show_images
+
+    images, titles = [], []
+    for prompt in prompts:
+        for scale in scales:
+            images += generate(pipe, [prompt], [seed], num_inference_steps=num_inference_steps, guidance_scale=scale,
+                               batch_size=1)
+            titles.append(f"scale {scale:g}" + ("\n(no prompt)" if scale == 0 else "") + (f"\n{prompt}" if scale == scales[0] else ""))
+    return show_images(images, titles=titles, ncols=len(scales), scale=1.6)
+
+
+def denoising_trajectory(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,
+                         columns: int = 6):
+    """What the model believes the picture is, at a few steps of sampling (noise first, the result last); the figure."""
+    from .common.viz import show_images
+
+    steps = num_inference_steps or defaults.inference_steps()
+    final, kept = sample_by_hand(pipe, prompt, seed, steps, keep_every=max(1, steps // (columns - 1)))
+    images = [im for _, im in kept][:columns - 1] + [final]
+    titles = [f"step {i} of {steps}\n(predicted)" for i, _ in kept][:columns - 1] + [f"step {steps}: the sample"]
+    return show_images(images, titles=titles, ncols=len(images), scale=1.6, suptitle=prompt)

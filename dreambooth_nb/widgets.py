@@ -50,25 +50,40 @@ class ExperimentLog:
     on_change: Callable[[], None] | None = None
 
     def record(self, base, config, result) -> dict:
-        """Add a run; returns its row."""
+        """Add a run; returns its row. Runs are compared by each loss term's mean over the last 20 % of their steps
+        and by the fixed-noise validation loss: one step's loss jumps with the timestep it drew."""
+        last = result.history[-1] if result.history else {}
         row = {"run": len(self.rows) + 1, "changed": changed_flags(base, config), "steps": result.steps,
-               "final loss": result.history[-1] if result.history else float("nan"),
-               "stopped": result.interrupted}
+               "instance": result.recent("instance_loss"), "prior": result.recent("prior_loss") if config.with_prior_preservation else None,
+               "validation": last.get("val_loss"), "stopped": result.interrupted}
         self.rows.append(row)
         if self.on_change is not None:
             self.on_change()
         return row
 
+    COLUMNS = ("run", "changed flags", "steps", "instance loss (last 20 %)", "prior loss (last 20 %)",
+               "validation loss", "stopped")
+
+    def cells(self, row: dict) -> list[str]:
+        """A row's values as text, in COLUMNS order."""
+        def number(value):
+            return "-" if value is None else f"{value:.4f}"
+        return [str(row["run"]), "", str(row["steps"]), number(row["instance"]), number(row["prior"]),
+                number(row["validation"]), "yes" if row["stopped"] else ""]
+
     def _repr_html_(self) -> str:
-        head = "<tr><th>run</th><th>changed flags</th><th>steps</th><th>final loss</th><th>stopped</th></tr>"
-        body = "".join(
-            f"<tr><td>{r['run']}</td><td>{_flags_html(r['changed'])}</td><td>{r['steps']}</td>"
-            f"<td>{r['final loss']:.4f}</td><td>{'yes' if r['stopped'] else ''}</td></tr>" for r in self.rows)
-        return f"<table class='db-log'>{head}{body}</table>" if self.rows else "<p>No runs yet: press Train.</p>"
+        head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
+        body = ""
+        for r in self.rows:
+            cells = self.cells(r)
+            cells[1] = _flags_html(r["changed"])
+            body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        return f"<table class='db-log'><tr>{head}</tr>{body}</table>" if self.rows else "<p>No runs yet: press Train.</p>"
 
     def __str__(self) -> str:
-        lines = [f"run {r['run']}: {r['steps']} steps, final loss {r['final loss']:.4f}"
-                 f"{' (stopped)' if r['stopped'] else ''}, changed: {r['changed'] or 'nothing'}" for r in self.rows]
+        lines = [f"run {r['run']}: {r['steps']} steps, instance {self.cells(r)[3]}, prior {self.cells(r)[4]}, "
+                 f"validation {self.cells(r)[5]}{' (stopped)' if r['stopped'] else ''}, changed: {r['changed'] or 'nothing'}"
+                 for r in self.rows]
         return "\n".join(lines) or "no runs yet"
 
 
@@ -194,9 +209,11 @@ class TrainPanel:
         self.log_view = w.HTML(self.log._repr_html_())
         self.log.on_change = self._refresh_log
         self.train_button.on_click(lambda _: self.start())
+        self.progress_button = w.Button(description="Samples over steps", icon="th", layout={"width": "180px"})
+        self.progress_button.on_click(lambda _: self.show_progress(in_cell=False))
         self.stop_button.on_click(lambda _: self.stop())
         rows = [w.HBox([self.fields[n], self.messages[n]]) for n in self.fields]
-        buttons = w.HBox([self.train_button, self.stop_button, self.progress, self.status])
+        buttons = w.HBox([self.train_button, self.stop_button, self.progress_button, self.progress, self.status])
         self.widget = w.VBox(rows + [buttons, self.plot, self.log_view])
         self.widget.add_class("db-train-panel")
 
@@ -251,7 +268,7 @@ class TrainPanel:
         step = len(history)
         self.progress.value = min(step, self.progress.max)
         self.progress.description = f"step {step}"
-        self.status.value = f"loss {history[-1]:.4f}"
+        self.status.value = f"loss {history[-1]['loss']:.4f}"
         self.live(history)
         if self._stop.is_set():
             raise KeyboardInterrupt("Stop pressed")
@@ -272,7 +289,8 @@ class TrainPanel:
         self.result = train_dreambooth(config, components, progress=progress, on_step=self.on_step)
         self.live(self.result.history, force=True)
         row = self.log.record(self.base, config, self.result)
-        self.status.value = f"run {row['run']}: {row['steps']} steps, final loss {row['final loss']:.4f}" + (
+        self.status.value = f"run {row['run']}: {row['steps']} steps, instance loss {self.log.cells(row)[3]}" + (
+            f", prior loss {self.log.cells(row)[4]}" if row["prior"] is not None else "") + (
             " (stopped)" if self.result.interrupted else "")
         return self.result
 
@@ -289,6 +307,23 @@ class TrainPanel:
         self.train_button.disabled, self.stop_button.disabled = True, False
         self.thread = _in_background(self.train, self.status, self._finished)
         return self.thread
+
+    def show_progress(self, in_cell: bool = True):
+        """What 'Samples over steps' does: the run's validation images, a row per validation step; returns the figure."""
+        from .train.report import samples_over_steps
+
+        try:
+            fig = samples_over_steps(self.config.output_dir)
+        except FileNotFoundError as error:
+            self.status.value = _error_html([str(error)])
+            return None
+        png = _figure_png(fig)
+        _set_picture(self.plot, png)
+        if in_cell and in_ipython():
+            from IPython.display import Image, display
+
+            display(Image(png))
+        return fig
 
     def stop(self) -> None:
         """What the Stop button does: the next step ends training; the engine saves what it has."""

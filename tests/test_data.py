@@ -13,7 +13,7 @@ from dreambooth_nb.common import hub
 from dreambooth_nb import prior
 from dreambooth_nb import batches
 from dreambooth_nb.common import config as config_mod
-from dreambooth_nb.common import assets
+from dreambooth_nb.common import assets, files
 
 
 @pytest.fixture(autouse=True)
@@ -331,3 +331,11 @@ def test_long_titles_are_wrapped_to_the_panel_width():
     lines = title.splitlines()
     assert lines[0] == "base · seed 2" and len(lines) == 3 and max(map(len, lines)) <= 28
     assert " ".join(lines[1:]) == "a painting of sks person in the style of van gogh"
+
+
+def test_the_photos_are_described_by_where_they_came_from(tmp_path):
+    assert "offline sample photos" in data.describe_photos(assets.subject_photos_dir())
+    hub_copy = files.cache_dir() / "data" / "diffusers--dog-example"
+    hub_copy.mkdir(parents=True)
+    assert "hub dataset diffusers/dog-example" in data.describe_photos(hub_copy)
+    assert data.describe_photos(tmp_path) == f"0 photos from your folder {tmp_path}."

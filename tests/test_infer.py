@@ -69,3 +69,23 @@ def test_generate_gives_the_pipeline_batches_of_one_size_and_keeps_each_seeds_pi
     expected = [int(np.random.default_rng(s).integers(0, 255)) for s in (10, 11, 12, 13, 14)]
     assert [im.getpixel((0, 0))[0] for im in images] == expected
     assert alone[0].getpixel((0, 0)) == images[4].getpixel((0, 0))
+
+
+@pytest.mark.slow
+def test_the_loop_written_out_draws_the_pipelines_picture(components):
+    """sample_by_hand (encode, seeded noise, guided steps, decode) gives generate()'s picture for the same seed."""
+    pipe = sampling.sampling_pipeline(components)
+    by_hand, kept = sampling.sample_by_hand(pipe, "a photo of a dog", seed=3, num_inference_steps=6,
+                                            guidance_scale=5.0, keep_every=2)
+    by_pipeline = sampling.generate(pipe, ["a photo of a dog"], [3], num_inference_steps=6, guidance_scale=5.0,
+                                    batch_size=1)[0]
+    difference = np.abs(np.asarray(by_hand, np.int16) - np.asarray(by_pipeline, np.int16))
+    assert difference.max() <= 2, difference.max()  # 8-bit rounding of float-level differences
+    assert [step for step, _ in kept] == [0, 2, 4]
+
+
+def test_guidance_moves_from_the_unconditional_prediction_toward_the_prompt():
+    uncond, cond = np.array([1.0, 2.0]), np.array([3.0, 1.0])
+    assert np.allclose(sampling.guide(uncond, cond, 0.0), uncond)
+    assert np.allclose(sampling.guide(uncond, cond, 1.0), cond)
+    assert np.allclose(sampling.guide(uncond, cond, 4.0), [9.0, -2.0])

@@ -149,3 +149,13 @@ def test_vae_round_trip_and_text_encoder_run_compiled(components):
 
     plt.close(trip.show())
     assert models.encode_prompt(components, "a photo of sks dog").shape == (1, 77, 32)
+
+
+def test_identifier_report_reads_tokens_counts_and_neighbours(components):
+    captions = ["a photo of a dog", "a photo of a cat", "a dog on the beach"]
+    report = models.inspect_identifier(components, "sks", captions=captions)
+    assert report.tokens == components.tokenizer.tokenize("sks") and len(report.tokens) > 1  # pieces in the tiny vocabulary
+    assert report.seen_in_training == 0 and len(report.nearest) == 5 and "sks" not in report.nearest
+    assert models.inspect_identifier(components, "dog", captions=captions).seen_in_training == 2
+    assert "one token?" in str(report) and "<table>" in report._repr_html_()
+    assert models.inspect_identifier(components, "dog").seen_in_training is None

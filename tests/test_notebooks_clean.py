@@ -42,3 +42,34 @@ def test_notebook_shape(path):
     assert "import dreambooth_nb as db" in "".join(code[0]["source"])
     too_long = [i for i, c in enumerate(code) if len(code_lines(c)) > 8]
     assert not too_long, f"code cells {too_long} are longer than 8 lines: move the logic into dreambooth_nb"
+
+
+def markdown(nb) -> str:
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_has_exercises_with_answers_and_asks_for_predictions(path):
+    """An Exercises section whose every exercise has its answer in a collapsed <details> block, and at least one
+    'predict, then run' moment before a cell."""
+    text = markdown(json.loads(path.read_text(encoding="utf-8")))
+    assert "## What you saw" in text, "a closing 'What you saw' section"
+    exercises = text.split("## Exercises", 1)
+    assert len(exercises) == 2, "an '## Exercises' section"
+    section = exercises[1].split("\n## ", 1)[0]
+    numbered = [line for line in section.splitlines() if line[:3].rstrip(".").isdigit() and line[1:3].startswith(".")]
+    assert len(numbered) >= 2, "at least two numbered exercises"
+    assert section.count("<details>") >= len(numbered) and section.count("</details>") == section.count("<details>"), \
+        "every exercise has its answer in a <details> block"
+    assert "**Predict" in text, "a 'Predict ...' prompt before a cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_hard_codes_a_guidance_scale(path):
+    """Sampling uses the model's documented guidance (db.guidance_for); only the guidance section varies it, by name."""
+    import re
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    literal = re.compile(r"guidance_scale\s*=\s*[0-9.]")
+    offenders = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and literal.search("".join(c["source"]))]
+    assert not offenders, offenders

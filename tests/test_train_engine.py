@@ -52,7 +52,7 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(runs):
     assert full.keys() == resumed.keys()
     for key in full:
         np.testing.assert_allclose(resumed[key], full[key], atol=1e-6, err_msg=key)
-    np.testing.assert_allclose(runs["resumed"].history, runs["full"].history, rtol=1e-6)
+    np.testing.assert_allclose(runs["resumed"].losses(), runs["full"].losses(), rtol=1e-6)
     assert runs["resumed"].resumed_from.name == f"checkpoint-{STOP}" and runs["resumed"].steps == STEPS
 
 
@@ -78,7 +78,8 @@ def test_checkpoint_limit_logs_and_validation_images(runs):
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
     metrics = read_metrics(out / "logs" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
-    assert [m["loss"] for m in metrics] == pytest.approx(runs["full"].history)
+    assert [m["loss"] for m in metrics] == pytest.approx(runs["full"].losses())
+    assert metrics[-1]["val_loss"] > 0 and "val_loss" not in metrics[0], "the fixed-noise loss comes with validation"
     assert metrics[0]["lr"] < metrics[2]["lr"]  # warmup
     assert list((out / "logs").glob("events.out.tfevents.*")), "report_to='tensorboard' wrote no TensorBoard file"
     images = sorted((out / "validation" / f"step-{STEPS}").glob("*.png"))
@@ -104,3 +105,25 @@ def test_a_checkpoint_loads_as_a_pipeline(runs):
     saved = _weights(runs["root"] / "full" / "checkpoint-4")
     np.testing.assert_array_equal(dict(pipe.unet.parameters_and_names())["conv_in.weight"].asnumpy(),
                                   saved["conv_in.weight"])
+
+
+@pytest.mark.slow
+def test_with_prior_the_history_holds_both_terms_and_they_add_up(tmp_path):
+    """Every step records the instance and prior terms; instance + prior_loss_weight x prior is the total."""
+    from PIL import Image
+
+    runtime.setup(device="CPU", show=False)
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(classes / f"c{i}.png")
+    config = _config(tmp_path / "prior", max_train_steps=3, with_prior_preservation=True, prior_loss_weight=0.5,
+                     class_prompt="a photo of a person", class_data_dir=str(classes), num_class_images=2,
+                     report_to="tensorboard")
+    result = db.train_dreambooth(config, db.load_components(TINY), progress=False)
+    for record in result.history:
+        assert record["instance_loss"] > 0 and record["prior_loss"] > 0
+        assert record["loss"] == pytest.approx(record["instance_loss"] + 0.5 * record["prior_loss"], rel=1e-5)
+    logged = read_metrics(tmp_path / "prior" / "logs" / "metrics.jsonl")
+    assert [m["prior_loss"] for m in logged] == pytest.approx(result.losses("prior_loss"))
+    assert "prior term" in " ".join(text.get_text() for text in result.plot().axes[0].get_legend().get_texts())

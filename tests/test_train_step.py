@@ -41,7 +41,8 @@ def _train(accumulation: int, loss_scale: float = 1.0, steps: int = 3):
     losses = []
     for s in range(steps):
         for m in range(accumulation):
-            losses.append(float(step(ms.Tensor(xs[s, m * part:(m + 1) * part]), ms.Tensor(ys[s, m * part:(m + 1) * part])).asnumpy()))
+            loss, = step(ms.Tensor(xs[s, m * part:(m + 1) * part]), ms.Tensor(ys[s, m * part:(m + 1) * part]))
+            losses.append(float(loss.asnumpy()))
         if apply is not None:
             apply()
     return net.weight.asnumpy(), int(optimizer.global_step.asnumpy()[0]), losses

@@ -30,12 +30,13 @@ def test_dreambooth_loss_is_instance_mse_plus_weighted_prior_mse():
     pred, target = (rng.standard_normal((4, 2, 3, 3)).astype(np.float32) for _ in range(2))
     weights = np.array([1.0, 0.5, 2.0, 1.0], np.float32)
     per_example = ((pred - target) ** 2).mean(axis=(1, 2, 3)) * weights
-    total, prior = dreambooth_loss(ms.Tensor(pred), ms.Tensor(target), ms.Tensor(weights), True, 0.7)
+    total, instance, prior = dreambooth_loss(ms.Tensor(pred), ms.Tensor(target), ms.Tensor(weights), True, 0.7)
     np.testing.assert_allclose(float(prior.asnumpy()), per_example[2:].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(instance.asnumpy()), per_example[:2].mean(), rtol=1e-6)
     np.testing.assert_allclose(float(total.asnumpy()), per_example[:2].mean() + 0.7 * per_example[2:].mean(), rtol=1e-6)
-    plain, zero = dreambooth_loss(ms.Tensor(pred), ms.Tensor(target), ms.Tensor(weights), False, 0.7)
+    plain, same, zero = dreambooth_loss(ms.Tensor(pred), ms.Tensor(target), ms.Tensor(weights), False, 0.7)
     np.testing.assert_allclose(float(plain.asnumpy()), per_example.mean(), rtol=1e-6)
-    assert float(zero.asnumpy()) == 0.0
+    assert float(same.asnumpy()) == float(plain.asnumpy()) and float(zero.asnumpy()) == 0.0
 
 
 def test_snr_weights_follow_min_snr_gamma():

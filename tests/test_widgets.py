@@ -23,7 +23,8 @@ def fake_engine(stop_at=None, panel=None):
         result = TrainResult(config.output_dir)
         try:
             for step in range(config.max_train_steps):
-                result.history.append(1.0 / (step + 1))
+                loss = 1.0 / (step + 1)
+                result.history.append({"step": step + 1, "loss": loss, "instance_loss": loss, "prior_loss": 0.0})
                 result.steps = step + 1
                 if stop_at is not None and step + 1 == stop_at:
                     panel.stop_button.click()
@@ -90,7 +91,8 @@ def test_log_records_each_run_with_changed_flags(panel, monkeypatch):
     panel.set("learning_rate", 1e-4)
     panel.train()
     assert [r["changed"] for r in panel.log.rows] == [{}, {"learning_rate": pytest.approx(1e-4)}]
-    assert panel.log.rows[1]["final loss"] == pytest.approx(1 / 8)
+    last = [1 / 7, 1 / 8]  # the last 20 % of 8 steps: steps 7 and 8
+    assert panel.log.rows[1]["instance"] == pytest.approx(sum(last) / 2) and panel.log.rows[1]["prior"] is None
     assert "--learning_rate=0.0001" in panel.log_view.value and "(documented run)" in panel.log_view.value
 
 

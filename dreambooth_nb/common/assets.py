@@ -167,3 +167,9 @@ def subject_photos_dir(n: int = 5) -> Path:
         if not (folder / f"{SUBJECT_NAME}-{i}.png").is_file():
             save_atomic(image, folder / f"{SUBJECT_NAME}-{i}.png")
     return folder
+
+
+def toy_pretraining_captions() -> list[str]:
+    """Every caption the committed toy-world model was pretrained on (regenerated from its summary's seed)."""
+    summary = json.loads((toy_world_dir() / "summary.json").read_text(encoding="utf-8"))
+    return scenes.captions(summary["args"]["images"], summary["args"]["seed"])

@@ -104,9 +104,15 @@ def draw(scene: Scene, size: int = SIZE) -> Image.Image:
     pts = polygon(scene.shape, scene.x * k, scene.y * k, scene.radius * k, scene.angle)
     ImageDraw.Draw(image).polygon(pts, fill=COLOURS[scene.colour])
     if scene.pattern.startswith("stripes:"):
-        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]], period=max(4, round(scene.radius * 0.5)) * k,
+        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]], period=stripe_period(scene.radius) * k,
                             angle=scene.angle)
     return image.resize((size, size), Image.LANCZOS)
+
+
+def stripe_period(radius: float) -> int:
+    """Pixels from one stripe to the next on a patterned shape: about 4 stripes across it, each at least 3 px wide
+    (narrower stripes would fall between the 2x2-pixel cells of the VAE's latents)."""
+    return max(6, round(radius * 0.8))
 
 
 def add_stripes(image: Image.Image, pts, colour: tuple, period: int, angle: float = 0.0) -> Image.Image:
@@ -205,3 +211,8 @@ def subject_images(n: int = 5, seed: int = 1234) -> list[Image.Image]:
 def as_subject(scene: Scene) -> Scene:
     """The same scene with the subject in it (its colour and stripes): what a prompt with the identifier asks for."""
     return replace(scene, shape=SUBJECT["shape"], colour=SUBJECT["colour"], pattern=SUBJECT["pattern"])
+
+
+def captions(n: int, seed: int = 0) -> list[str]:
+    """The captions of dataset(n, seed), without drawing the pictures."""
+    return [s.caption() for s in scenes(n, seed)]

@@ -66,24 +66,70 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
-def plot_loss(history: Sequence[float], ax=None, smooth: int = 10, title: str = "training loss"):
-    """Plot raw and smoothed loss against step on `ax` (a new figure if None); returns the figure."""
+TERM_STYLE = {"loss": ("total loss", "#444444"), "instance_loss": ("instance term (subject photos)", "#1f77b4"),
+              "prior_loss": ("prior term (class images)", "#d62728")}
+
+
+def loss_series(history: Sequence) -> dict[str, np.ndarray]:
+    """{term: values per step} from a history of step records (or of plain numbers, read as the total loss).
+
+    With prior preservation the two terms are shown (their weighted sum is the total); without, the total alone.
+    """
+    if history and not isinstance(history[0], dict):
+        return {"loss": np.asarray(history, dtype=float)}
+    def column(term):
+        return np.array([np.nan if r.get(term) is None else r[term] for r in history], dtype=float)
+    terms = ("instance_loss", "prior_loss") if any(r.get("prior_loss") for r in history) else ("loss",)
+    return {term: column(term) for term in terms}
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each value and the window-1 before it (NaN where fewer than `window` exist; NaNs skipped)."""
+    out = np.full(len(values), np.nan)
+    for i in range(window - 1, len(values)):
+        part = values[i - window + 1:i + 1]
+        if np.isfinite(part).any():
+            out[i] = np.nanmean(part)
+    return out
+
+
+def plot_loss(history: Sequence, ax=None, smooth: int = 10, title: str = "training loss"):
+    """Each loss term against the step, raw (faint) and as a mean of `smooth` steps (bold), with the fixed-noise
+    validation loss as dots where there is one; the legend sits beside the plot. Returns the figure."""
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
-    steps = np.arange(1, len(history) + 1)
+        _, ax = plt.subplots(figsize=(7, 3))
     ax.clear()
-    ax.plot(steps, history, alpha=0.35, label="loss")
-    if len(history) >= smooth > 1:
-        kernel = np.ones(smooth) / smooth
-        ax.plot(steps[smooth - 1:], np.convolve(history, kernel, mode="valid"), label=f"mean of {smooth}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    steps = np.arange(1, len(history) + 1)
+    window = max(1, min(smooth, len(history) // 3))
+    for term, values in loss_series(history).items():
+        label, colour = TERM_STYLE[term]
+        ax.plot(steps, values, color=colour, alpha=0.25, lw=1)
+        if window > 1:
+            ax.plot(steps, smoothed(values, window), color=colour, lw=2, label=f"{label}, mean of {window}")
+        else:
+            ax.plot(steps, values, color=colour, lw=2, label=label)
+        checked = [(r["step"], r[f"val_{term}"]) for r in history if isinstance(r, dict) and f"val_{term}" in r]
+        if checked:
+            ax.plot(*zip(*checked), "o", color=colour, ms=5, label=f"{label}, fixed-noise validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("denoising loss (MSE)")
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, disable: bool = False):
+    """A text progress bar on stderr (tqdm): live in a terminal and a notebook, one clean final line when saved."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr,
+                mininterval=0.5, dynamic_ncols=True)
 
 
 class LivePlot:
@@ -103,7 +149,7 @@ class LivePlot:
         from IPython.display import display
 
         if self.figure is None:
-            self.figure, _ = plt.subplots(figsize=(5, 3))
+            self.figure, _ = plt.subplots(figsize=(7, 3))
             plt.close(self.figure)
         plot_loss(history, self.figure.axes[0], self.smooth)
         if self.handle is None:
@@ -129,3 +175,27 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and "IPKernelApp" in shell.config
+
+
+def source_of(obj) -> str:
+    """The source code of a function, class or method, as written in the package."""
+    import inspect
+    import textwrap
+
+    return textwrap.dedent(inspect.getsource(obj))
+
+
+def show_code(obj, lines: tuple[int, int] | None = None):
+    """The source of a function (or class), highlighted in a notebook and printed elsewhere: the few lines that matter.
+
+    lines: (first, last) line numbers within the source (1-based, inclusive) to show only part of it.
+    """
+    text = source_of(obj)
+    if lines is not None:
+        text = "\n".join(text.splitlines()[lines[0] - 1:lines[1]])
+    if in_ipython():
+        from IPython.display import Code
+
+        return Code(text, language="python")
+    print(text)
+    return None

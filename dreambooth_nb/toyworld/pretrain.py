@@ -79,6 +79,8 @@ def vae_loss_net(vae, kl_weight: float):
     from mindspore import nn, ops
 
     class VAELoss(nn.Cell):
+        terms = ("loss", "reconstruction", "kl")
+
         def __init__(self):
             super().__init__()
             self.vae, self.kl_weight = vae, kl_weight
@@ -88,7 +90,8 @@ def vae_loss_net(vae, kl_weight: float):
             logvar = ops.clamp(logvar, -30.0, 20.0)
             recon = self.vae.decode(mean + ops.exp(0.5 * logvar) * noise)[0]
             kl = 0.5 * (mean ** 2 + ops.exp(logvar) - 1.0 - logvar).mean()
-            return ops.abs(recon - pixels).mean() + self.kl_weight * kl
+            l1 = ops.abs(recon - pixels).mean()
+            return l1 + self.kl_weight * kl, l1, kl
 
     return VAELoss()
 
@@ -107,7 +110,7 @@ def stage_trainer(loss_net, nets: dict, peak_lr: float, steps: int, weight_decay
     schedule = schedule_values("cosine", peak_lr, min(200, steps // 10), steps)  # warmup, then cosine decay to 0
     optimizer = adamw(params, schedule, weight_decay)
     step_cell, _ = make_step(loss_net, optimizer, max_grad_norm=1.0)
-    return Trainer(step_cell, None, optimizer, schedule, nets)
+    return Trainer(step_cell, None, optimizer, schedule, nets, terms=loss_net.terms)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -130,7 +133,7 @@ def run_stage(name: str, trainer: Trainer, make_batch, steps: int, out: Path) ->
         print(f"{name}: resumed from {latest}", flush=True)
     start = time.time() - log.seconds
     for step in range(len(log.history), steps):
-        log.history.append(trainer.run(make_batch, step))
+        log.history.append(trainer.run(make_batch, step)["loss"])
         if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
             log.seconds = time.time() - start
             ckpt.save_checkpoint(folder, step + 1, trainer.nets, trainer.optimizer,
@@ -154,6 +157,29 @@ def encode_latents(vae, images: np.ndarray, batch: int = 250) -> np.ndarray:
     vae.set_train(False)
     out = [encode(ms.Tensor(to_pixels(images[i:i + batch]))).asnumpy() for i in range(0, len(images), batch)]
     return np.concatenate(out)
+
+
+def decode_latents(vae, latents: np.ndarray, batch: int = 250) -> np.ndarray:
+    """(N, H, W, 3) uint8 pictures from raw latents (the compiled decoder of chapter 02)."""
+    import mindspore as ms
+
+    _, decode = vae_cells(vae, scale=1.0)
+    vae.set_train(False)
+    out = np.concatenate([decode(ms.Tensor(latents[i:i + batch])).asnumpy() for i in range(0, len(latents), batch)])
+    return ((np.clip(out.transpose(0, 2, 3, 1), -1, 1) + 1) * 127.5).round().astype(np.uint8)
+
+
+def vae_round_trip_agreement(vae, n: int = 500, seed: int = 77) -> dict[str, float]:
+    """How often the judge still reads every attribute after pictures go through the VAE and back (and the subject)."""
+    from . import judge
+
+    images, _, made = scenes.dataset(n, seed)
+    subject = np.stack([np.asarray(im) for im in scenes.subject_images(50, seed=seed)])
+    both = decode_latents(vae, encode_latents(vae, np.concatenate([images, subject]), batch=50), batch=50)
+    j = judge.train_judge()
+    scores = judge.agreement(j.read(list(both[:n])), [judge.replace_said(s) for s in made])
+    scores["subject"] = float(np.mean([v.is_subject for v in j.read(list(both[n:]))]))
+    return {k: round(v, 3) for k, v in scores.items()}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -200,7 +226,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/toyworld", help="Folder for logs, checkpoints and the model.")
     p.add_argument("--images", type=int, default=50000, help="Pictures in the fixed training set.")
     p.add_argument("--seed", type=int, default=defaults.SEED)
-    p.add_argument("--vae_steps", type=int, default=3000)
+    p.add_argument("--vae_steps", type=int, default=5000)
     p.add_argument("--vae_batch", type=int, default=64)
     p.add_argument("--vae_lr", type=float, default=1.5e-3)
     p.add_argument("--kl_weight", type=float, default=1e-6)
@@ -226,13 +252,15 @@ def main(argv=None) -> Path:
     components = build_components(out, args.seed)
     images, captions, _ = scenes.dataset(args.images, args.seed)
     vae_log = train_vae(components.vae, images, args, out)
+    round_trip = vae_round_trip_agreement(components.vae)
+    print(f"VAE round trip, judge agreement on fresh pictures: {round_trip}", flush=True)
     latents = encode_latents(components.vae, images)
     scale = float(1.0 / latents.std())
     components.vae.register_to_config(scaling_factor=scale)
     unet_log = train_unet(components, latents * scale, captions, args, out)
     save_pipeline(components, out / "model")
     judge.train_judge().save(out / "judge.npz")
-    summary = dict(args=vars(args), vae_loss=float(np.mean(vae_log.history[-100:])),
+    summary = dict(args=vars(args), vae_loss=float(np.mean(vae_log.history[-100:])), vae_round_trip=round_trip,
                    unet_loss=float(np.mean(unet_log.history[-100:])), scaling_factor=scale,
                    stage_s={"vae": vae_log.seconds, "unet": unet_log.seconds},
                    last_process=dict(wall_s=time.time() - wall, cpu_s=time.process_time() - cpu),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,7 +30,11 @@ from .step import adamw, lr_schedule
 
 @dataclass(repr=False)
 class TrainResult(Table):
-    """What a training run leaves: where the model is, the loss of every step, checkpoints and validation images."""
+    """What a training run leaves: where the model is, the losses of every step, checkpoints and validation images.
+
+    history holds one record per optimizer step: {"step", "loss", "instance_loss", "prior_loss", "lr"}, plus
+    "val_loss", "val_instance_loss", "val_prior_loss" at validation steps (fixed noise and timesteps).
+    """
 
     output_dir: Path
     history: list = field(default_factory=list)
@@ -40,6 +45,15 @@ class TrainResult(Table):
     validation: dict = field(default_factory=dict)  # step -> saved image paths
     step_seconds: list = field(default_factory=list)  # wall time of each step run here (the first compiles)
 
+    def losses(self, term: str = "loss") -> list[float]:
+        """One term of every step: "loss" (the total), "instance_loss" or "prior_loss"."""
+        return [record.get(term) for record in self.history]
+
+    def recent(self, term: str = "loss", share: float = 0.2) -> float | None:
+        """The mean of a term over the last `share` of the steps (one step's loss is mostly noise from its timestep)."""
+        values = [v for v in self.losses(term)[-max(1, math.ceil(len(self.history) * share)):] if v is not None]
+        return float(np.mean(values)) if values else None
+
     def plot(self, ax=None):
         from ..common.viz import plot_loss
 
@@ -47,11 +61,14 @@ class TrainResult(Table):
 
     def rows(self) -> list[tuple[str, str]]:
         times = self.step_seconds
+        with_prior = any(r.get("prior_loss") for r in self.history)
+        shown = ("instance_loss", "prior_loss") if with_prior else ("loss",)
         rows = [("output_dir", str(self.output_dir)), ("steps done", str(self.steps)),
                 ("stopped early", "yes (interrupted)" if self.interrupted else "no"),
-                ("resumed from", self.resumed_from.name if self.resumed_from else "-"),
-                ("final loss", f"{self.history[-1]:.4f}" if self.history else "-"),
-                ("checkpoints written", ", ".join(p.name for p in self.checkpoints) or "-")]
+                ("resumed from", self.resumed_from.name if self.resumed_from else "-")]
+        rows += [(f"{term.replace('_', ' ')}, mean of the last 20 %", f"{self.recent(term):.4f}")
+                 for term in shown if self.recent(term) is not None]
+        rows += [("checkpoints written", ", ".join(p.name for p in self.checkpoints) or "-")]
         if times:
             rows.append(("first step (compiles)", f"{times[0]:.1f} s"))
         if len(times) > 1:
@@ -152,25 +169,26 @@ class Trainer:
     nets: dict  # folder name in checkpoints -> trained network
     accumulation: int = 1
     sink: Callable | None = None
+    terms: tuple = ("loss", "instance_loss", "prior_loss")  # names of what the step returns, the loss first
 
     def optimizer_steps(self) -> int:
         """Updates applied so far (the optimizer's own counter, also the lr schedule's position)."""
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
 
-    def run(self, make_batch: BatchMaker, step: int) -> float:
-        """One optimizer step: `accumulation` micro-batches, then the update; returns the mean loss."""
+    def run(self, make_batch: BatchMaker, step: int) -> dict[str, float]:
+        """One optimizer step: `accumulation` micro-batches, then the update; returns each term's mean ({"loss": ...})."""
         import mindspore as ms
 
-        losses = []
+        values = []
         for micro in range(self.accumulation):
             if self.sink is not None:
-                loss = self.sink()
+                outputs = self.sink()
             else:
-                loss = self.step_cell(*[ms.Tensor(x) for x in make_batch(step * self.accumulation + micro)])
-            losses.append(float(loss.asnumpy()))
+                outputs = self.step_cell(*[ms.Tensor(x) for x in make_batch(step * self.accumulation + micro)])
+            values.append([float(v.asnumpy()) for v in outputs])
         if self.apply_cell is not None:
             self.apply_cell()
-        return float(np.mean(losses))
+        return dict(zip(self.terms, (float(v) for v in np.mean(values, axis=0))))
 
     def reset(self) -> None:
         """Forget the optimizer's state (moments, step) and any accumulated gradients: a fresh start, same graph."""
@@ -300,7 +318,8 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
                                  (steps - result.steps) * trainer.accumulation)
     run = Run(config, components, trainer, make_batch, steps, result, world, open_metrics(config, world, result.steps))
     try:
-        run_loop(run, progress, on_step)
+        with interrupts_deferred() as stop_requested:
+            run_loop(run, progress, on_step, stop_requested)
     finally:
         run.log.close()
     if world.main:
@@ -367,27 +386,57 @@ class Run:
     log: object  # report.MetricsLog
 
 
-def run_loop(run: Run, progress: bool, on_step) -> None:
-    """Optimizer steps from run.result.steps to run.steps, with checkpoints, validation and logging; stops cleanly on interrupt."""
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM during training only ask to stop; the loop stops after the step it is in.
 
-    result, config = run.result, run.config
-    bar = tqdm(total=run.steps, initial=result.steps, desc="training", unit="step",
-               disable=not (progress and run.world.main))
+    So a step is never cut in half: its update and its loss are both kept. A second signal interrupts at
+    once. Yields a callable that says whether a stop was asked. Outside the main thread (a widget's
+    background thread) signals cannot be caught and nothing changes: the Stop button asks instead.
+    """
+    import signal
+    import threading
+
+    asked = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def ask(signum, frame):
+        if asked:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        asked.append(signum)
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Optimizer steps from run.result.steps to run.steps, with checkpoints, validation and logging; stops cleanly on interrupt."""
+    from ..common.viz import progress_bar
+
+    result = run.result
+    bar = progress_bar(total=run.steps, initial=result.steps, desc="training", unit="step",
+                       disable=not (progress and run.world.main))
     try:
         for step in range(result.steps, run.steps):
             start = time.perf_counter()
-            loss = run.trainer.run(run.make_batch, step)
-            result.history.append(loss)
+            record = {"step": step + 1, **run.trainer.run(run.make_batch, step), "lr": run.trainer.schedule[step]}
+            result.history.append(record)
             result.steps = step + 1
             result.step_seconds.append(time.perf_counter() - start)
-            lr = run.trainer.schedule[step]
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            run.log.scalars(result.steps, loss=loss, lr=lr)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             after_step(run)
+            run.log.scalars(record)
             if on_step is not None:
                 on_step(result.history)
+            if stop_requested():
+                raise KeyboardInterrupt("stop asked")
     except KeyboardInterrupt:
         stop_with_checkpoint(run)
     finally:
@@ -395,16 +444,30 @@ def run_loop(run: Run, progress: bool, on_step) -> None:
 
 
 def after_step(run: Run) -> None:
-    """A checkpoint every checkpointing_steps, validation images every validation_steps."""
+    """A checkpoint every checkpointing_steps; validation images and the fixed-noise loss every validation_steps."""
     from .report import validation_images
 
     result, config = run.result, run.config
-    if result.steps % config.checkpointing_steps == 0:
-        write_checkpoint(run)
     if config.validation_prompt and result.steps % config.validation_steps == 0 and run.world.main:
+        result.history[-1].update(validation_loss(run))
         images, paths = validation_images(run.components, config, result.steps, result.output_dir)
         result.validation[result.steps] = paths
         run.log.images(result.steps, images)
+    if result.steps % config.checkpointing_steps == 0:
+        write_checkpoint(run)
+
+
+def validation_loss(run: Run) -> dict[str, float]:
+    """The loss terms on a fixed batch (the first batch's pictures, fixed noise, timesteps spread evenly over
+    the schedule): unlike one step's loss, it does not jump with the timesteps a step happened to draw."""
+    import mindspore as ms
+
+    loss_net = run.trainer.step_cell.loss_net
+    outputs = loss_net(*[ms.Tensor(x) for x in run.make_batch.fixed()])
+    scale = getattr(loss_net, "scale", 1.0)
+    values = [float(v.asnumpy()) for v in outputs]
+    values[0] /= scale
+    return {f"val_{term}": value for term, value in zip(run.trainer.terms, values)}
 
 
 def write_checkpoint(run: Run) -> None:
@@ -426,7 +489,8 @@ def stop_with_checkpoint(run: Run) -> None:
     result = run.result
     result.interrupted = True
     done = run.trainer.optimizer_steps()
-    result.history = (result.history + [float("nan")] * done)[:done]
+    # a second Ctrl-C can cut a step after its update: that step's loss was never read
+    result.history = (result.history + [{"step": s + 1} for s in range(len(result.history), done)])[:done]
     result.steps = done
     latest = ckpt.find_checkpoint("latest", run.config.output_dir)
     if done > 0 and (latest is None or ckpt.checkpoint_step(latest) != done):

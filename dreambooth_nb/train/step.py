@@ -27,8 +27,8 @@ def _clear_tensor(buffer):
     return ops.assign(buffer, ops.zeros_like(buffer))
 
 
-class ScaledLoss(nn.Cell):
-    """The loss times a constant (static loss scaling for fp16: small gradients stay representable)."""
+class ScaledTotal(nn.Cell):
+    """A single-output loss times a constant (static loss scaling)."""
 
     def __init__(self, loss_net: nn.Cell, scale: float):
         super().__init__()
@@ -36,6 +36,18 @@ class ScaledLoss(nn.Cell):
 
     def construct(self, *inputs):
         return self.loss_net(*inputs) * self.scale
+
+
+class ScaledLoss(nn.Cell):
+    """The loss times a constant (static loss scaling for fp16: small gradients stay representable); terms unscaled."""
+
+    def __init__(self, loss_net: nn.Cell, scale: float):
+        super().__init__()
+        self.loss_net, self.scale = loss_net, scale
+
+    def construct(self, *inputs):
+        outputs = self.loss_net(*inputs)
+        return (outputs[0] * self.scale,) + outputs[1:]
 
 
 class ApplyGrads(nn.Cell):
@@ -58,22 +70,31 @@ class ApplyGrads(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One micro-batch: the loss and its gradients, then either an update (no buffer) or accumulation."""
+    """One micro-batch: the loss and its gradients, then either an update (no buffer) or accumulation.
+
+    A loss network whose `terms` name several outputs returns (loss, *terms): only the loss is differentiated and
+    the step returns them all, so that every term can be logged. One returning the loss alone gives (loss,).
+    """
 
     def __init__(self, loss_net: nn.Cell, apply: ApplyGrads, buffer: ms.ParameterTuple | None = None,
                  loss_scale: float = 1.0):
         super().__init__()
-        self.loss_net = loss_net if loss_scale == 1.0 else ScaledLoss(loss_net, loss_scale)
+        self.with_terms = len(getattr(loss_net, "terms", ("loss",))) > 1
+        if loss_scale != 1.0:
+            loss_net = ScaledLoss(loss_net, loss_scale) if self.with_terms else ScaledTotal(loss_net, loss_scale)
+        self.loss_net = loss_net
         self.update, self.buffer, self.loss_scale = apply, buffer, loss_scale
-        self.grad_fn = ms.value_and_grad(self.loss_net, None, apply.optimizer.parameters)
+        self.grad_fn = ms.value_and_grad(self.loss_net, None, apply.optimizer.parameters, has_aux=self.with_terms)
 
     def construct(self, *inputs):
-        loss, grads = self.grad_fn(*inputs)
+        outputs, grads = self.grad_fn(*inputs)
         if self.buffer is None:
             self.update(grads)
         else:
             _hyper_map(ops.assign_add, self.buffer, grads)
-        return loss / self.loss_scale
+        if self.with_terms:
+            return (outputs[0] / self.loss_scale,) + outputs[1:]
+        return (outputs / self.loss_scale,)
 
 
 class ApplyAccumulated(nn.Cell):
