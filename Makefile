@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.dreambooth-nb-installed
+BENCH_VENV ?= .venv-bench
 PY := $(VENV)/bin/python
 export GLOG_v ?= 3
 
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 demo: $(STAMP)  ## fine-tune the default model offline; writes outputs/demo/
 	@$(PY) -m dreambooth_nb.demo
 
-test: $(STAMP)  ## unit tests + every notebook executed by nbval (fast profile)
+test: $(STAMP) $(BENCH_VENV)/.installed  ## unit tests + every notebook executed by nbval (fast profile); PyTorch side of the export checks
 	@bash scripts/run_tests.sh "$(PY)"
 
 unit: $(STAMP)
@@ -24,16 +25,15 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	@DREAMBOOTH_NB_FAST=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
 
-lab: $(STAMP)  ## open JupyterLab on the notebooks
-	@$(VENV)/bin/jupyter lab notebooks/
+LAB_ARGS ?=
+lab: $(STAMP)  ## open JupyterLab on the notebooks (as root too; LAB_ARGS="--ip=0.0.0.0 --no-browser" to reach it from another machine)
+	@$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 strip:  ## remove outputs and volatile metadata from the notebooks before committing
 	@$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
 clean-outputs:
 	rm -rf outputs
-
-BENCH_VENV ?= .venv-bench
 
 $(BENCH_VENV)/.installed: bench/requirements-torch.txt
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV) || { echo "error: could not create $(BENCH_VENV)" >&2; exit 1; }

@@ -20,6 +20,7 @@ class ImageSet:
     input_ids: np.ndarray  # (1, length): the same prompt for every image
     prompt: str
     attention_mask: np.ndarray  # (1, length): 1 on the prompt's tokens, 0 on padding (from the tokenizer)
+    report: object = None  # data.ImageReport: what the folder check found (skipped, converted, upscaled files)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -27,18 +28,13 @@ class ImageSet:
 
 def load_image_set(folder, prompt: str, tokenizer, resolution: int, limit: int | None = None,
                    max_length: int | None = None) -> ImageSet:
-    """Load every usable image of `folder` for training with `prompt` (same rules as check_images)."""
-    import warnings
-
+    """Load every usable image of `folder` for training with `prompt` (same rules as check_images); the ImageSet
+    carries the folder's check report, for the trainer to show when a file was skipped, converted or upscaled."""
     report = check_images(folder, resolution)
     paths = report.require_usable()[:limit]
-    skipped = [c.path.name for c in report.checks if not c.usable and not c.path.name.startswith(".")]
-    if skipped:
-        warnings.warn(f"{report.summary()}; skipped {', '.join(skipped[:5])}. "
-                      f"Run db.check_images({str(report.folder)!r}) to see why.", stacklevel=2)
     images = [resize_shorter(load_rgb(p), resolution) for p in paths]
     ids, mask = tokenize_with_mask(tokenizer, prompt, max_length)
-    return ImageSet(images, ids, prompt, mask)
+    return ImageSet(images, ids, prompt, mask, report)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .common.assets import portrait_photo, subject_photos_dir
+from .common.errors import UserError
 from .common.files import cache_dir, file_hash, replace_dir, save_atomic
 from .common.hub import is_hub_id, offline_reason
 from .common.tables import Table
@@ -20,7 +21,7 @@ EXAMPLE_DATASET = "diffusers/dog-example"  # the photos of the DreamBooth guides
 EXIF_ORIENTATION = 0x0112
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's images that training cannot work around."""
 
 

@@ -14,7 +14,9 @@ PROMPTS = ["a photo of sks star", "a photo of sks star on a white background", "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dreambooth_nb.demo", description=__doc__.splitlines()[0])
+    from dreambooth_nb.common.commands import QuietParser
+
+    parser = QuietParser(prog="python -m dreambooth_nb.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="folder for the model, grid and plot")
     parser.add_argument("--steps", type=int, default=100, help="training steps")
     parser.add_argument("--model", default=None, help="model (default: the embedded default)")
@@ -23,11 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from dreambooth_nb.common.runtime import friendly_errors
+    from dreambooth_nb.common.commands import run_command
 
     args = parse_args(argv)
-    with friendly_errors(Path(args.out) / "error.log"):
-        return run(args)
+    return run_command("demo", lambda: run(args), args.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,38 @@ def count_parameters(net) -> int:
 
 
 # ---------------------------------------------------------------- loading
+MODEL_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")  # a VAE is optional (pixel-space models)
+
+
+def require_model_parts(source: str, tokenizer_name: str | None = None) -> None:
+    """A local model folder must hold every part DreamBooth loads; one line names what is missing."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    wanted = [p for p in MODEL_PARTS if not (p == "tokenizer" and tokenizer_name)]
+    missing = [p for p in wanted if not (folder / p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {', '.join(p + '/' for p in missing)} folder: a Stable Diffusion "
+                                f"model in diffusers layout holds {', '.join(MODEL_PARTS)} (and vae). Save the whole "
+                                f"pipeline with save_pretrained, or give a hub id.")
+
+
+def hub_access(source: str, revision: str | None = None) -> dict:
+    """For a hub id: {} when the hub answers; {"local_files_only": True} when it does not but the model is in the
+    hub cache (no minute of retries); one clear error when neither. {} for local folders."""
+    from .common.hub import is_hub_id, offline_reason
+
+    if Path(source).is_dir() or not is_hub_id(source):
+        return {}
+    reason = offline_reason()
+    if reason is None:
+        return {}
+    if read_subfolder_config(source, "unet", revision) is not None:
+        return {"local_files_only": True}
+    raise FileNotFoundError(f"Cannot download {source} because {reason}, and it is not in the hub cache. Download it "
+                            f"on a connected machine (huggingface-cli download {source}) or give a local folder.")
+
+
 def model_has_vae(model: str, revision: str | None = None) -> bool:
     """Whether the model has a VAE; asks the hub only when neither a local folder nor the cache can tell."""
     if Path(model).is_dir() or read_subfolder_config(model, "vae", revision) is not None:
@@ -70,16 +102,19 @@ def load_components(
 
     diffusers = import_quietly("mindone.diffusers")
     source = resolve_model(model)
-    common = dict(revision=revision, variant=variant)
+    require_model_parts(source, tokenizer_name)
+    common = dict(revision=revision, variant=variant, **hub_access(source, revision))
+    offline = {"local_files_only": True} if common.get("local_files_only") else {}
     if tokenizer_name:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, revision=revision, use_fast=False)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, revision=revision, use_fast=False, **offline)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision, use_fast=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision, use_fast=False, **offline)
     text_encoder = text_encoder_class(source, revision).from_pretrained(source, subfolder="text_encoder", **common)
     vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae", **common) if model_has_vae(source, revision) else None
     unet = diffusers.UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
-    scheduler = diffusers.DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
-    sampler = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision).get("_class_name", "")
+    scheduler = diffusers.DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision, **offline)
+    sampler = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", revision=revision,
+                                                  **offline).get("_class_name", "")
     sampler = sampler if hasattr(diffusers, sampler) else "PNDMScheduler"
     return Components(tokenizer, text_encoder, vae, unet, scheduler, source, sampler)
 

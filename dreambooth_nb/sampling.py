@@ -6,7 +6,6 @@ trained, a fine-tuned one, or the base model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import numpy as np
 
 from .common import defaults
 from .common.assets import guidance_for
+from .common.cards import shareable_settings
 from .common.files import replace_dir, save_atomic
 from .common.runtime import import_quietly
 
@@ -113,7 +113,7 @@ def save_pipeline(components, output_dir: str | os.PathLike, settings=None, skip
     try:
         pipe.save_pretrained(str(tmp))
         if settings is not None:
-            (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(settings), indent=1), encoding="utf-8")
+            (tmp / "train_config.json").write_text(json.dumps(shareable_settings(settings), indent=1), encoding="utf-8")
         for part in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
             if part.is_dir():
                 replace_dir(part, output_dir / part.name)

@@ -90,8 +90,7 @@ def test_exact_duplicates_are_found_by_content(messy):
 def test_checking_and_loading_change_nothing_in_the_folder(messy):
     before = snapshot(messy)
     data.check_images(messy, resolution=64)
-    with pytest.warns(UserWarning, match="skipped"):
-        batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
+    batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
     assert snapshot(messy) == before
 
 
@@ -154,12 +153,11 @@ class FakeTokenizer:
 
 def test_training_skips_bad_files_with_the_same_rules(messy):
     report = data.check_images(messy, resolution=64)
-    with pytest.warns(UserWarning, match="notes.txt"):
-        images = batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
+    images = batches.load_image_set(messy, "a photo of sks dog", FakeTokenizer(), resolution=64)
+    assert "notes.txt" in str(images.report) and images.report.count("skipped") == report.count("skipped")
     assert len(images) == len(report.usable) == 9
     assert all(im.mode == "RGB" and min(im.size) == 64 for im in images.images)
-    with pytest.warns(UserWarning):
-        limited = batches.load_image_set(messy, "p", FakeTokenizer(), resolution=64, limit=3)
+    limited = batches.load_image_set(messy, "p", FakeTokenizer(), resolution=64, limit=3)
     assert len(limited) == 3
 
 

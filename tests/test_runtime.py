@@ -102,19 +102,66 @@ def test_speed_check_times_the_unet_both_ways():
     assert "speed-up" in str(check)
 
 
-def test_friendly_errors_print_one_line_and_exit_2(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        with runtime.friendly_errors(tmp_path / "error.log"):
-            raise FileNotFoundError("folder photos/ does not exist")
-    assert exit_info.value.code == 2
+def test_commands_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from dreambooth_nb.common import commands
+
+    monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
+
+    def user_mistake():
+        raise FileNotFoundError("folder photos/ does not exist")
+
+    def bug():
+        raise RuntimeError("\n----\n- Kernel X failed\n----\n")
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model_index.json").write_text("{}")
+    assert commands.run_command("t", user_mistake, tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert "error: folder photos/ does not exist" in err and "Traceback" not in err
-    assert "Traceback" in (tmp_path / "error.log").read_text()
+    assert err == "error: folder photos/ does not exist\n"
+    assert commands.run_command("t", bug, tmp_path / "out") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: RuntimeError: Kernel X failed" and err[1].startswith("(full traceback in")
+    assert "Traceback" in (tmp_path / "out" / "error.log").read_text()
+    assert commands.run_command("t", bug, tmp_path / "new") == 2 and not (tmp_path / "new").exists()
+    assert list((tmp_path / "cache" / "logs").glob("t-*.log")), "a folder that did not exist gets no error.log"
+
+
+def test_an_unwritable_log_place_does_not_crash_the_error_handler(tmp_path, capsys, monkeypatch):
+    from dreambooth_nb.common import commands
+
+    monkeypatch.setattr(commands, "cache_dir", lambda: tmp_path / "file")
+    (tmp_path / "file").write_text("a file, not a folder")
+
+    def bug():
+        raise RuntimeError("broken")
+
+    assert commands.run_command("t", bug, None) == 2
+    assert "could not be written" in capsys.readouterr().err
+
+
+def test_interrupts_and_a_typo_are_one_line(capsys):
+    from dreambooth_nb.common import commands
+
+    def stop():
+        raise KeyboardInterrupt
+
+    assert commands.run_command("t", stop, None) == 130
+    assert capsys.readouterr().err.count("\n") == 1
+    parser = commands.QuietParser(prog="prog")
+    parser.add_argument("--learning_rate")
+    with pytest.raises(SystemExit) as stop_info:
+        parser.parse_args(["--learning_rat=1"])
+    assert stop_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean --learning_rate?" in err
 
 
 def test_mindspore_out_of_memory_becomes_one_line_with_what_to_change():
+    from dreambooth_nb.common.commands import error_summary
+
     error = RuntimeError("\n----\n- Memory not enough:\n----\nMemory isn't enough and alloc failed, kernel name: x, "
                          "alloc size: 68719476736B.\n\n----\n- C++ Call Stack: (For framework developers)\n----\n")
-    line = runtime.error_summary(error)
+    line = error_summary(error)
     assert "64.0 GiB" in line and "--resolution" in line and "\n" not in line
-    assert runtime.error_summary(RuntimeError("\n-----\n- Kernel X failed\n-----\n")) == "RuntimeError: Kernel X failed"
+    assert "--resolution" in error_summary(RuntimeError("std::bad_alloc"))
+    assert error_summary(RuntimeError("\n-----\n- Kernel X failed\n-----\n")) == "RuntimeError: Kernel X failed"

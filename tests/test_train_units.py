@@ -1,6 +1,9 @@
 """Training pieces that need no compiled graph: loss maths, lr schedule, batches, checkpoint files, settings."""
 
+import dataclasses
 import json
+import os
+import socket
 from dataclasses import fields
 
 import numpy as np
@@ -8,6 +11,7 @@ import pytest
 
 from dreambooth_nb.common import runtime
 from dreambooth_nb.train import checkpoint as ckpt
+from dreambooth_nb.train import output
 from dreambooth_nb.train import engine
 from dreambooth_nb.common.config import ConfigError, TrainConfig, tutorial_config
 from dreambooth_nb.train import step
@@ -111,6 +115,9 @@ def _fake_checkpoint(folder, step):
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
+    (path / "unet").mkdir()
+    (path / "unet" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    ckpt.write_manifest(path)
     return path
 
 
@@ -128,7 +135,86 @@ def test_find_list_and_prune_checkpoints(tmp_path):
         ckpt.find_checkpoint("checkpoint-40", tmp_path)
     removed = ckpt.prune_checkpoints(tmp_path, limit=2)
     assert [p.name for p in removed] == ["checkpoint-2"]
-    assert [p.name for p in ckpt.remove_stale_temporaries(tmp_path)] == [".checkpoint-50.tmp-123"]
+    assert [p.name for p in output.remove_stale_temporaries(tmp_path)] == [".checkpoint-50.tmp-123"]
+
+
+def test_a_damaged_checkpoint_is_named_and_the_last_intact_one_offered(tmp_path):
+    for step in (10, 20):
+        _fake_checkpoint(tmp_path, step)
+    weights = tmp_path / "checkpoint-20" / "unet" / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0x01  # one flipped bit
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.find_checkpoint("latest", tmp_path)
+    message = str(error.value)
+    assert "checkpoint-20" in message and "unet/weights.bin does not match" in message
+    assert "--resume_from_checkpoint=checkpoint-10" in message and "\n" not in message
+    (tmp_path / "checkpoint-10" / ckpt.MANIFEST_FILE).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="No intact checkpoint"):
+        ckpt.find_checkpoint("latest", tmp_path)
+
+
+def test_resuming_with_other_training_settings_is_refused(tmp_path):
+    saved = dataclasses.asdict(TrainConfig(train_batch_size=1, learning_rate=1e-4))
+    now = TrainConfig(train_batch_size=2, learning_rate=1e-4, max_train_steps=900)  # more steps is fine
+    assert ckpt.mismatched_settings(saved, now) == {"train_batch_size": (1, 2)}
+    with pytest.raises(ckpt.CheckpointError, match="--train_batch_size was 1, now 2"):
+        ckpt.check_settings(tmp_path / "checkpoint-5", {"config": saved}, now)
+    ckpt.check_settings(tmp_path, {"config": saved}, now.replace(train_batch_size=1, validation_steps=7))
+
+
+def test_an_unreadable_checkpoint_is_one_line_naming_it(tmp_path):
+    path = _fake_checkpoint(tmp_path, 5)
+    (path / ckpt.STATE_FILE).write_text('{"step": 5, "trained": ["unet"], "rng":')
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint-5 cannot be resumed"):
+        ckpt.load_checkpoint(path, {}, optimizer=None)
+
+
+def test_one_run_per_output_folder(tmp_path):
+    lock = output.RunLock.acquire(tmp_path)
+    with pytest.raises(output.OutputError, match=f"process {os.getpid()}"):
+        output.RunLock.acquire(tmp_path)
+    lock.release()
+    assert not (tmp_path / output.LOCK_FILE).exists()
+    (tmp_path / output.LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(),
+                                                         "started": "01:02:03"}))
+    output.RunLock.acquire(tmp_path).release()  # a killed process's lock is cleared
+
+
+def test_a_new_run_keeps_the_earlier_one_and_says_where(tmp_path, capsys):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.jsonl").write_text('{"step": 1}\n' * 50)
+    (tmp_path / "my-notes.txt").write_text("mine")
+    _fake_checkpoint(tmp_path, 5)
+    kept = output.keep_earlier_run(tmp_path)
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-5", "logs", "model_index.json", "unet"]
+    assert (kept / "logs" / "metrics.jsonl").read_text().count("\n") == 50, "nothing truncated"
+    assert (tmp_path / "my-notes.txt").is_file() and output.keep_earlier_run(tmp_path) is None
+    for i in range(output.KEEP_PREVIOUS + 1):
+        (tmp_path / "model_index.json").write_text("{}")
+        output.keep_earlier_run(tmp_path)
+    assert len(list((tmp_path / output.PREVIOUS_DIR).iterdir())) == output.KEEP_PREVIOUS
+    assert "removed" in capsys.readouterr().out
+
+
+def test_an_unwritable_or_full_output_folder_is_found_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: check the message path with a file instead
+        locked = tmp_path / "a-file"
+        locked.write_text("x")
+    with pytest.raises(output.OutputError, match="Cannot write to --output_dir"):
+        output.check_writable(locked, 0)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    with pytest.raises(output.OutputError, match="10 MB free"):
+        output.check_writable(tmp_path / "ok", output.bytes_needed(2**20, 2**20, 2, 10))
 
 
 def test_rng_state_round_trip():

@@ -54,12 +54,17 @@ def is_diffusers_folder(path: Path) -> bool:
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
-    """A local folder for embedded names and folders; a hub id is returned unchanged for from_pretrained."""
+    """A local folder for embedded names, folders (mindone's or PyTorch's safetensors) and single .safetensors files
+    (converted once into a cached folder); a hub id is returned unchanged for from_pretrained."""
     name = str(name_or_path or defaults.DEFAULT_MODEL)
     if name in EMBEDDED_PATHS:
         return str(EMBEDDED_PATHS[name]())
     path = Path(name).expanduser()
     if path.exists():
+        from .formats import detect_layout, importable_model
+
+        if path.is_file() or detect_layout(path) in ("lora", "sdxl", "diffusers-bin"):
+            return str(importable_model(path))  # a single file becomes a cached folder; the others say what to do
         if not path.is_dir() or not (path / "unet").is_dir():
             raise FileNotFoundError(
                 f"{path} is not a Stable Diffusion folder in diffusers layout (no unet/ inside). "

@@ -5,12 +5,15 @@ here they default to the toy-world model, its offline subject photos and their p
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import defaults
+from .errors import UserError
 
+SECRET = ("hub_token",)  # never shown, written or put on a command line
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -22,7 +25,7 @@ def flag(default: Any, help: str, choices: tuple | None = None, nargs: str | Non
     return field(default=default, metadata=meta)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training setting that cannot work, with every problem found listed."""
 
     def __init__(self, problems: list[str]):
@@ -95,14 +98,14 @@ class TrainConfig:
     logging_dir: str = flag("logs", "TensorBoard folder inside output_dir.", group="validation")
     report_to: str = flag("tensorboard", "Where scalars go: tensorboard, or none.", group="validation")
     # hub (needs a network)
-    push_to_hub: bool = flag(False, "Upload the result to the hub (not supported by mindone's script).", group="hub")
-    hub_token: str | None = flag(None, "Hub token.", group="hub")
-    hub_model_id: str | None = flag(None, "Hub repository name.", group="hub")
+    push_to_hub: bool = flag(False, "Upload the result to a private hub repository after training (checked before any work).", group="hub")
+    hub_token: str | None = flag(None, "Hub token (else HF_TOKEN or a saved `huggingface-cli login`); never written anywhere.", group="hub")
+    hub_model_id: str | None = flag(None, "Hub repository, e.g. your-name/sks-dog (default: the output folder's name).", group="hub")
     # accepted by the reference script but always refused there
+    enable_xformers_memory_efficient_attention: bool = flag(False, "Memory-efficient attention: mindone's flash attention on Ascend (refused on CPU and GPU).", group="device")
     allow_tf32: bool = flag(False, "TF32 (not supported on MindSpore).", group="unsupported")
     use_8bit_adam: bool = flag(False, "8-bit Adam (not supported on MindSpore).", group="unsupported")
     set_grads_to_none: bool = flag(False, "Grads to None (not supported on MindSpore).", group="unsupported")
-    enable_xformers_memory_efficient_attention: bool = flag(False, "xFormers (not supported on MindSpore).", group="unsupported")
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **changes) -> "TrainConfig":
@@ -121,13 +124,17 @@ class TrainConfig:
         return list(items.items())
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><code>--{k}</code></td><td>{v!r}</td></tr>" for k, v in self.as_rows(True))
+        rows = "".join(f"<tr><td><code>--{k}</code></td><td>{'(hidden)' if k in SECRET else repr(v)}</td></tr>"
+                       for k, v in self.as_rows(True))
         return f"<table><tr><th>flag</th><th>value</th></tr>{rows}</table>"
 
     def to_args(self) -> list[str]:
-        """The command line that reproduces this config with `python -m dreambooth_nb.train`."""
+        """The command line that reproduces this config with `python -m dreambooth_nb.train` (never the hub token:
+        give it with HF_TOKEN or `huggingface-cli login`)."""
         args = []
         for name, value in self.changed().items():
+            if name in SECRET:
+                continue
             if value is True:
                 args.append(f"--{name}")
             elif isinstance(value, list):
@@ -144,7 +151,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
-        problems = [p for check in _CHECKS for p in check(self)]
+        problems = _check_types(self) or [p for check in _CHECKS for p in check(self)]
         if problems:
             raise ConfigError(problems)
         return self
@@ -159,7 +166,7 @@ class TrainConfig:
             out.append(f"--lr_warmup_steps={self.lr_warmup_steps} is not below --max_train_steps={self.max_train_steps}: "
                        "the learning rate never leaves warmup.")
         if (self.hub_token or self.hub_model_id) and not self.push_to_hub:
-            out.append("--hub_token/--hub_model_id are only used with --push_to_hub (which is not supported); ignored.")
+            out.append("--hub_token/--hub_model_id are only used with --push_to_hub; ignored.")
         return out
 
     def learning_rate_for(self, world_size: int = 1) -> float:
@@ -264,40 +271,66 @@ def playground_config(output_dir: str | None = None, **changes) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------- checks
-def _check_positive(c: TrainConfig) -> list[str]:
-    names = ["train_batch_size", "sample_batch_size", "num_train_epochs", "checkpointing_steps",
-             "gradient_accumulation_steps", "num_class_images", "validation_steps", "num_validation_images"]
-    out = [f"--{n}={getattr(c, n)} must be a positive whole number." for n in names if getattr(c, n) < 1]
-    for n in ("max_train_steps", "checkpoints_total_limit", "tokenizer_max_length"):
-        value = getattr(c, n)
-        if value is not None and value < 1:
-            out.append(f"--{n}={value} must be a positive whole number (or left out).")
-    if c.learning_rate <= 0:
-        out.append(f"--learning_rate={c.learning_rate} must be above 0 (DreamBooth uses 1e-6 to 1e-4).")
-    if c.lr_warmup_steps < 0:
-        out.append(f"--lr_warmup_steps={c.lr_warmup_steps} cannot be negative.")
-    if c.prior_loss_weight < 0:
-        out.append(f"--prior_loss_weight={c.prior_loss_weight} cannot be negative (1.0 is the paper's value).")
-    if c.max_grad_norm < 0:
-        out.append(f"--max_grad_norm={c.max_grad_norm} cannot be negative (0 turns clipping off).")
-    if c.snr_gamma is not None and c.snr_gamma <= 0:
-        out.append(f"--snr_gamma={c.snr_gamma} must be above 0 (5.0 is typical), or left out.")
-    if c.seed is not None and c.seed < 0:
-        out.append(f"--seed={c.seed} cannot be negative (any whole number from 0 works).")
+def _kind(annotation: str) -> tuple[type, bool]:
+    """(expected Python type, whether None is allowed) from a field's annotation string."""
+    optional = "None" in annotation
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("list", list), ("str", str)):
+        if annotation.startswith(name):
+            return kind, optional
+    return str, optional
+
+
+def _check_types(c: TrainConfig) -> list[str]:
+    """Each setting has the type its flag parses to (what the command line would give)."""
+    out = []
+    for f in fields(c):
+        kind, optional = _kind(str(f.type))
+        value = getattr(c, f.name)
+        if value is None and optional:
+            continue
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, kind))
+        if not ok:
+            example = {bool: "True or False", int: "a whole number such as 4", float: "a number such as 1e-4",
+                       list: "a list", str: "text"}[kind]
+            out.append(f"--{f.name}={value!r} is a {type(value).__name__}; it must be {example}"
+                       f"{' (or None)' if optional else ''}.")
     return out
 
 
-def _check_optimizer(c: TrainConfig) -> list[str]:
-    out = [f"--{n}={getattr(c, n)} must be in [0, 1) (0.9 and 0.999 are the usual values)."
-           for n in ("adam_beta1", "adam_beta2") if not 0 <= getattr(c, n) < 1]
-    if c.adam_epsilon <= 0:
-        out.append(f"--adam_epsilon={c.adam_epsilon} must be above 0 (1e-8 is usual).")
-    if c.adam_weight_decay < 0:
-        out.append(f"--adam_weight_decay={c.adam_weight_decay} cannot be negative (1e-2 is the default).")
-    if c.lr_num_cycles < 1:
-        out.append(f"--lr_num_cycles={c.lr_num_cycles} must be at least 1.")
-    if c.lr_power <= 0:
-        out.append(f"--lr_power={c.lr_power} must be above 0 (1.0 is a straight line).")
+def _check_finite(c: TrainConfig) -> list[str]:
+    """No nan or inf in any number (a nan learning rate trains a model of nans)."""
+    return [f"--{f.name}={getattr(c, f.name)} is not a finite number; give an ordinary value."
+            for f in fields(c) if isinstance(getattr(c, f.name), float) and not math.isfinite(getattr(c, f.name))]
+
+
+# flag: (rule, advice); rules: "positive" > 0, "at least 1", "non-negative" >= 0, "fraction" in [0, 1)
+RANGES = {
+    "train_batch_size": ("at least 1", ""), "sample_batch_size": ("at least 1", ""), "num_train_epochs": ("at least 1", ""),
+    "checkpointing_steps": ("at least 1", ""), "gradient_accumulation_steps": ("at least 1", ""),
+    "num_class_images": ("at least 1", ""), "validation_steps": ("at least 1", ""), "num_validation_images": ("at least 1", ""),
+    "max_train_steps": ("at least 1", "or leave it out"), "checkpoints_total_limit": ("at least 1", "or leave it out"),
+    "tokenizer_max_length": ("at least 1", "or leave it out"), "lr_num_cycles": ("at least 1", ""),
+    "learning_rate": ("positive", "DreamBooth uses 1e-6 to 1e-4"), "lr_power": ("positive", "1.0 is a straight line"),
+    "adam_epsilon": ("positive", "1e-8 is usual"), "snr_gamma": ("positive", "5.0 is typical; or leave it out"),
+    "lr_warmup_steps": ("non-negative", ""), "prior_loss_weight": ("non-negative", "1.0 is the paper's value"),
+    "max_grad_norm": ("non-negative", "0 turns clipping off"), "adam_weight_decay": ("non-negative", "1e-2 is the default"),
+    "seed": ("non-negative", "any whole number from 0 works"),
+    "adam_beta1": ("fraction", "0.9 is usual"), "adam_beta2": ("fraction", "0.999 is usual"),
+}
+RULES = {"positive": (lambda v: v > 0, "must be above 0"), "at least 1": (lambda v: v >= 1, "must be at least 1"),
+         "non-negative": (lambda v: v >= 0, "cannot be negative"), "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+
+
+def _check_ranges(c: TrainConfig) -> list[str]:
+    out = []
+    for name, (rule, advice) in RANGES.items():
+        value = getattr(c, name)
+        holds, says = RULES[rule]
+        if value is not None and not holds(value):
+            out.append(f"--{name}={value} {says}" + (f" ({advice})." if advice else "."))
     return out
 
 
@@ -343,6 +376,12 @@ def _check_text_encoder(c: TrainConfig) -> list[str]:
 
 def _check_paths(c: TrainConfig) -> list[str]:
     out = []
+    if not c.output_dir.strip():
+        out.append("--output_dir is empty; name the folder the model and checkpoints go to, e.g. --output_dir=sks-dog.")
+    elif Path(c.output_dir).expanduser().is_file():
+        out.append(f"--output_dir={c.output_dir} is a file; give a folder (it is made when missing).")
+    if c.with_prior_preservation and c.class_data_dir and Path(c.class_data_dir).expanduser().is_file():
+        out.append(f"--class_data_dir={c.class_data_dir} is a file; give a folder (missing class images are made there).")
     if c.instance_data_dir and not Path(c.instance_data_dir).expanduser().is_dir():
         out.append(f"--instance_data_dir={c.instance_data_dir} is not a folder; point it at a folder of photos of your subject.")
     resume = c.resume_from_checkpoint
@@ -354,9 +393,6 @@ def _check_paths(c: TrainConfig) -> list[str]:
 def _check_unsupported(c: TrainConfig) -> list[str]:
     out = [f"--{f.name} is not supported on MindSpore; remove it." for f in fields(c)
            if f.metadata.get("group") == "unsupported" and getattr(c, f.name)]
-    if c.push_to_hub:
-        out.append("--push_to_hub needs a network connection and is not supported by the mindone script; "
-                   "train, then upload output_dir yourself with `huggingface-cli upload`.")
     if c.class_labels_conditioning not in (None, "timesteps"):
         out.append("--class_labels_conditioning only takes 'timesteps'.")
     if c.report_to not in ("tensorboard", "none"):
@@ -377,5 +413,5 @@ def _check_distributed(c: TrainConfig) -> list[str]:
     return []
 
 
-_CHECKS = (_check_positive, _check_optimizer, _check_resolution, _check_choices, _check_prior, _check_prompts,
+_CHECKS = (_check_finite, _check_ranges, _check_resolution, _check_choices, _check_prior, _check_prompts,
            _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)

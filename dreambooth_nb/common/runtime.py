@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import defaults
+from .files import cache_dir
 from .tables import Table
 from .viz import in_ipython
 
@@ -46,6 +47,13 @@ class RuntimeInfo(Table):
     def __str__(self) -> str:
         return "\n".join([super().__str__()] + [f"note: {n}" for n in self.notes])
 
+    def summary_line(self) -> str:
+        """One line for a command's start: versions, device, mode, seed (and any version note)."""
+        v = self.versions
+        line = (f"MindSpore {v.get('mindspore')} + mindone {v.get('mindone')} on {self.device} "
+                f"({self.mode.upper()} mode), seed {self.seed}")
+        return "\n".join([line] + [f"note: {n}" for n in self.notes])
+
     def _repr_html_(self) -> str:
         import html
 
@@ -72,6 +80,7 @@ def quiet_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("MS_OM_PATH", str(cache_dir() / "mindspore-ir"))  # analyze_fail.ir goes here, not into the working folder
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(mindone|mindspore|transformers)")
 
@@ -256,47 +265,3 @@ def speed_check(unet, batch: int = 2, repeats: int = 3) -> SpeedCheck:
     seconds(unet.construct)  # the first eager call also initialises kernels
     eager = seconds(unet.construct)
     return SpeedCheck(tuple(latents.shape), compile_s, compiled * 1e3, eager * 1e3)
-
-
-def friendly_errors(log_path: str | os.PathLike | None = None):
-    """Context manager for command-line entry points: known mistakes print one clear line, exit code 2.
-
-    Anything unexpected prints a one-line summary; the full traceback goes to `log_path` when given.
-    """
-    return _FriendlyErrors(log_path)
-
-
-def error_summary(error: BaseException) -> str:
-    """One line for an unexpected error: MindSpore's out-of-memory with what to change, else its first message line."""
-    import re
-
-    text = str(error)
-    wanted = re.search(r"alloc size: (\d+)B", text)
-    if "Memory not enough" in text or "Memory isn't enough" in text:
-        size = f" (one kernel asked for {int(wanted.group(1)) / 2**30:.1f} GiB)" if wanted else ""
-        return (f"MindSpore ran out of memory{size}. Lower --resolution (the default toy-world model works at 32) or "
-                f"--train_batch_size, or add --gradient_checkpointing.")
-    lines = [line.strip(" -") for line in text.splitlines()]
-    first = next((line for line in lines if line and not line.startswith("C++ Call Stack")), "")
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-class _FriendlyErrors(contextlib.AbstractContextManager):
-    def __init__(self, log_path):
-        self.log_path = Path(log_path) if log_path else None
-
-    def __exit__(self, kind, error, tb):
-        import sys
-        import traceback
-
-        if error is None or isinstance(error, (SystemExit, KeyboardInterrupt)):
-            return False
-        if isinstance(error, (ValueError, FileNotFoundError, PermissionError, OSError)):
-            print(f"error: {error}", file=sys.stderr)
-        else:
-            print(f"error: {error_summary(error)}", file=sys.stderr)
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("".join(traceback.format_exception(kind, error, tb)), encoding="utf-8")
-            print(f"(full traceback in {self.log_path})", file=sys.stderr)
-        raise SystemExit(2)

@@ -1,5 +1,16 @@
-"""Chapter 04: DreamBooth training. `python -m dreambooth_nb.train --help` lists the flags."""
+"""Chapter 04: DreamBooth training. `python -m dreambooth_nb.train --help` lists the flags.
 
-from .engine import TrainResult, stop_after, train_dreambooth
+Importing this package loads nothing heavy: `train_dreambooth` and friends come from .engine on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["TrainResult", "stop_after", "train_dreambooth"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module(".engine", __name__), name)
+    raise AttributeError(f"module 'dreambooth_nb.train' has no attribute {name!r}")

@@ -4,8 +4,10 @@ Layout of output_dir/checkpoint-N/ (N = optimizer steps done):
     unet/, text_encoder/   trained networks in diffusers layout (safetensors; text_encoder only when trained)
     optimizer.safetensors  AdamW moments (adam_m/<network>/<weight>, adam_v/...) and its global_step (the lr position)
     state.json             step, learning rate, loss history, Python and NumPy RNG state, the settings used
+    manifest.json          sha256 of every other file, written last: a checkpoint is checked against it on resume
 A checkpoint is written to a hidden temporary folder and renamed when complete, so a folder named
-checkpoint-N is always whole.
+checkpoint-N is always whole; flipped bits or a truncated file are found by the manifest, and the error names
+the damaged file and the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.errors import UserError
+
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
-PREVIOUS_DIR = "previous-checkpoints"
+MANIFEST_FILE = "manifest.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+# settings a resumed run must share with its checkpoint (the rest: step counts, logging, validation may change)
+RESUME_MUST_MATCH = (
+    "pretrained_model_name_or_path", "revision", "variant", "tokenizer_name", "instance_data_dir", "class_data_dir",
+    "instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight", "num_class_images",
+    "resolution", "center_crop", "train_text_encoder", "train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles", "lr_power", "adam_beta1",
+    "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "offset_noise", "snr_gamma",
+    "pre_compute_text_embeddings", "tokenizer_max_length", "text_encoder_use_attention_mask",
+    "class_labels_conditioning", "mixed_precision", "seed",
+)
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be resumed (damaged, or made with other settings); the message says what to do."""
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -45,18 +63,70 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def find_checkpoint(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: 'latest' (None when there is none yet), a path, or a name inside output_dir."""
+    """The checkpoint to resume from: 'latest' (None when there is none yet), a path, or a name inside output_dir.
+
+    The one chosen is checked against its manifest first: a damaged one is refused with the newest intact one named.
+    """
     if not resume:
         return None
     if resume == "latest":
         found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        return verified(found[-1], found[:-1]) if found else None
     for candidate in (Path(resume), Path(output_dir) / resume, Path(output_dir) / Path(resume).name):
         if (candidate / STATE_FILE).is_file():
-            return candidate
+            return verified(candidate, [p for p in list_checkpoints(output_dir) if p != candidate])
     raise FileNotFoundError(
         f"--resume_from_checkpoint={resume}: no complete checkpoint there (a checkpoint-N folder with {STATE_FILE}). "
         f"Use 'latest', or one of: {', '.join(p.name for p in list_checkpoints(output_dir)) or 'none yet'}.")
+
+
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files against its manifest ('unet/... does not match ...'), or None when whole."""
+    from ..common.files import file_hash
+
+    manifest = checkpoint / MANIFEST_FILE
+    if not manifest.is_file():
+        return f"{MANIFEST_FILE} is missing (not written by this version, or cut short)"
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8"))
+    except ValueError:
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, digest in expected.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_hash(path) != digest:
+            return f"{name} does not match its digest (changed or damaged after it was written)"
+    return None
+
+
+def verified(checkpoint: Path, older: list[Path]) -> Path:
+    """`checkpoint` when its files match its manifest; else a CheckpointError naming the damage and the newest
+    intact older checkpoint to resume from instead."""
+    problem = damage(checkpoint)
+    if problem is None:
+        return checkpoint
+    intact = next((p for p in reversed(older) if damage(p) is None), None)
+    offer = (f"{intact.name} is intact: resume from it with --resume_from_checkpoint={intact.name}, or delete "
+             f"{checkpoint.name}." if intact else "No intact checkpoint is left: start a new run (drop --resume_from_checkpoint).")
+    raise CheckpointError(f"{checkpoint} is damaged: {problem}. {offer}")
+
+
+def mismatched_settings(saved: dict, config) -> dict[str, tuple]:
+    """{flag: (checkpoint's value, this run's value)} for the settings a resume must keep."""
+    import dataclasses
+
+    now = dataclasses.asdict(config)
+    return {k: (saved.get(k), now.get(k)) for k in RESUME_MUST_MATCH if k in saved and saved.get(k) != now.get(k)}
+
+
+def check_settings(path: Path, state: dict, config) -> None:
+    """Refuse to resume a checkpoint made with other training settings (it would silently change the run)."""
+    changed = mismatched_settings(state.get("config", {}), config)
+    if changed:
+        listed = "; ".join(f"--{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise CheckpointError(f"{path} was made with other settings ({listed}). Resume with the settings it was made "
+                              f"with, or start a new run without --resume_from_checkpoint.")
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -160,6 +230,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimi
         save_file(optimizer_arrays(optimizer, nets), str(tmp / OPTIMIZER_FILE))
         state = {**state, "step": step, "trained": sorted(nets), "rng": rng_state()}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        write_manifest(tmp)
         replace_dir(tmp, final)
     except BaseException:  # an interrupt mid-write leaves the older checkpoints and no half folder
         shutil.rmtree(tmp, ignore_errors=True)
@@ -167,19 +238,40 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimi
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, nets: dict, optimizer) -> dict:
-    """Restore weights, optimizer moments and step, and RNG state from a checkpoint; returns its state.json."""
+def write_manifest(folder: Path) -> Path:
+    """folder/manifest.json: the sha256 of every file in the folder (written last)."""
+    from ..common.files import file_hash
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    digests = {str(p.relative_to(folder)): file_hash(p) for p in files}
+    (folder / MANIFEST_FILE).write_text(json.dumps(digests, indent=1), encoding="utf-8")
+    return folder / MANIFEST_FILE
+
+
+def load_checkpoint(path: str | os.PathLike, nets: dict, optimizer, config=None) -> dict:
+    """Restore weights, optimizer moments and step, and RNG state from a checkpoint; returns its state.json.
+
+    With `config`, the checkpoint's settings must match (check_settings). A file that cannot be read is named.
+    """
     from safetensors.numpy import load_file
 
     path = Path(path)
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    if sorted(nets) != state["trained"]:
-        raise ValueError(f"{path} was trained with {' + '.join(state['trained'])}; this run trains "
-                         f"{' + '.join(sorted(nets))}. Resume with the same --train_text_encoder setting.")
-    for name, net in nets.items():
-        load_net_weights(net, path / name)
-    set_optimizer_state(optimizer, nets, load_file(str(path / OPTIMIZER_FILE)), str(path / OPTIMIZER_FILE))
-    set_rng_state(state["rng"])
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        if config is not None:
+            check_settings(path, state, config)
+        if sorted(nets) != state["trained"]:
+            raise CheckpointError(f"{path} was trained with {' + '.join(state['trained'])}; this run trains "
+                                  f"{' + '.join(sorted(nets))}. Resume with the same --train_text_encoder setting.")
+        for name, net in nets.items():
+            load_net_weights(net, path / name)
+        set_optimizer_state(optimizer, nets, load_file(str(path / OPTIMIZER_FILE)), str(path / OPTIMIZER_FILE))
+        set_rng_state(state["rng"])
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:  # unreadable JSON or safetensors, a missing entry
+        raise CheckpointError(f"{path} cannot be resumed: {type(error).__name__}: {str(error)[:160]}. Resume from an "
+                              f"earlier checkpoint, or start a new run without --resume_from_checkpoint.") from None
     return state
 
 
@@ -192,27 +284,3 @@ def prune_checkpoints(output_dir: str | os.PathLike, limit: int | None) -> list[
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
-
-
-def set_aside_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Move an earlier run's checkpoints into output_dir/previous-checkpoints/ (replacing what an even older run left).
-
-    A new run (not resumed) in the same output_dir must not resume from, or prune, another run's checkpoints.
-    """
-    found = list_checkpoints(output_dir)
-    if found:
-        aside = Path(output_dir) / PREVIOUS_DIR
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.mkdir()
-        for path in found:
-            os.replace(path, aside / path.name)
-    return found
-
-
-def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
-    """Delete half-written checkpoint folders left by a process that was killed while writing."""
-    folder = Path(output_dir)
-    stale = list(folder.glob(".checkpoint-*.tmp-*")) if folder.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale

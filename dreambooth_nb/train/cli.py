@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 from ..common import defaults
+from ..common.commands import EXIT_ERROR, EXIT_INTERRUPTED, QuietParser, run_command
 from ..common.config import ConfigError, TrainConfig
 
 GROUP_TITLES = {
@@ -25,16 +24,18 @@ def _value_type(annotation: str):
     return str
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per TrainConfig field, grouped, with the reference defaults."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dreambooth_nb.train",
+def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.train",
+                 description: str = "DreamBooth fine-tuning with MindSpore + mindone; flags match mindone's "
+                                    "train_dreambooth.py.") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the config class, grouped, with the reference defaults."""
+    parser = QuietParser(
+        prog=prog,
         allow_abbrev=False,  # a mistyped flag is an error, never silently another flag
-        description="DreamBooth fine-tuning with MindSpore + mindone; flags match mindone's train_dreambooth.py.",
+        description=description,
     )
     parser.add_argument("--device", default=None, help="auto (default), Ascend, GPU or CPU.")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
-    for f in fields(TrainConfig):
+    for f in fields(config_class):
         meta = f.metadata
         default = f.default if f.default is not MISSING else f.default_factory()
         kind = _value_type(str(f.type))
@@ -48,35 +49,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    """TrainConfig from command-line arguments (argparse exits with a message on unknown flags)."""
-    namespace = build_parser().parse_args(argv)
-    values = {f.name: getattr(namespace, f.name) for f in fields(TrainConfig)}
-    return TrainConfig(**values), namespace
+def parse_config(argv: list[str] | None = None, config_class=TrainConfig, parser=None):
+    """A config from command-line arguments (argparse exits with one line on unknown flags)."""
+    namespace = (parser or build_parser(config_class)).parse_args(argv)
+    values = {f.name: getattr(namespace, f.name) for f in fields(config_class)}
+    return config_class(**values), namespace
 
 
-def raise_keyboard_interrupt(signum, frame) -> None:
-    """SIGTERM handler: stop like Ctrl-C, so the engine writes a checkpoint before the process ends."""
-    raise KeyboardInterrupt(f"signal {signum}")
+def checked(config) -> bool:
+    """Print every problem of the flags at once (nothing started) and the notes; True when the config can run."""
+    try:
+        config.validate()
+    except ConfigError as err:
+        print(f"error: these flags cannot work (nothing was started):\n{err}", file=sys.stderr)
+        return False
+    for note in config.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    return True
+
+
+def start(device: str | None, seed: int | None) -> None:
+    """Set MindSpore up and say so in one line (a signal during its import is honoured once the import is done)."""
+    from ..common import runtime
+    from ..common.commands import signals_deferred
+
+    with signals_deferred() as stop_requested:
+        info = runtime.setup(device=device, seed=defaults.SEED if seed is None else seed, show=False)
+    if stop_requested():
+        raise KeyboardInterrupt("stopped while MindSpore started")
+    print(info.summary_line())
+
+
+def finished(result) -> int:
+    """The closing line of a run and its exit code."""
+    state = "interrupted after" if result.interrupted else "finished after"
+    print(f"{state} {result.steps} steps; model saved in {result.output_dir}")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def hub_repo(config) -> str:
+    """The repository to push to: --hub_model_id, else the output folder's name (as the reference)."""
+    from pathlib import Path
+
+    return config.hub_model_id or Path(config.output_dir).resolve().name
+
+
+def push_ready(config) -> str | None:
+    """With --push_to_hub: the token, after checking (in seconds, before any work) that a push can work."""
+    if not config.push_to_hub:
+        return None
+    from ..common.hub import push_preflight, resolve_token
+
+    token = resolve_token(config.hub_token)
+    push_preflight(hub_repo(config), token, output_dir=config.output_dir)
+    return token
+
+
+def push(config, token: str) -> None:
+    """Upload the finished output folder to its (private) hub repository; one line says where."""
+    from ..common.hub import push_folder
+
+    url = push_folder(config.output_dir, hub_repo(config), token, private=True)
+    print(f"pushed {config.output_dir} to {url} (private)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Validate the flags, set up MindSpore, train, and say where the model went (exit 2 on a user mistake)."""
     config, namespace = parse_config(argv)
-    try:
-        config.validate()
-    except ConfigError as err:
-        print(f"error: these flags cannot work (nothing was started):\n{err}", file=sys.stderr)
-        return 2
-    for note in config.notes():
-        print(f"warning: {note}", file=sys.stderr)
-    from ..common import runtime
-    from .engine import train_dreambooth
+    if not checked(config):
+        return EXIT_ERROR
 
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    with runtime.friendly_errors(Path(config.output_dir) / "error.log"):
-        runtime.setup(device=namespace.device, seed=defaults.SEED if config.seed is None else config.seed)
+    def work() -> int:
+        token = push_ready(config)
+        start(namespace.device, config.seed)  # imports MindSpore with signals deferred
+        from .engine import train_dreambooth
+
         result = train_dreambooth(config)
-    state = "interrupted after" if result.interrupted else "finished after"
-    print(f"{state} {result.steps} steps; model saved in {result.output_dir}")
-    return 130 if result.interrupted else 0
+        code = finished(result)
+        if config.push_to_hub and not result.interrupted:
+            push(config, token)
+        return code
+
+    return run_command("train", work, config.output_dir)

@@ -102,6 +102,8 @@ def run_msrun(config, workers: int = 2, log_dir: str | os.PathLike | None = None
     command = msrun_command(config.to_args(), workers, free_port(), str(log_dir))
     bin_dir = str(Path(sys.executable).parent)  # msrun starts `python`: the one of this environment
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(extra_env or {})}
+    if config.hub_token:  # never on a command line: the workers read it from the environment
+        env["HF_TOKEN"] = config.hub_token
     env.pop("MS_ROLE", None)
     command[0] = str(Path(bin_dir) / "msrun")
     start = time.perf_counter()

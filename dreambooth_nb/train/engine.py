@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -16,7 +15,10 @@ import numpy as np
 
 from ..batches import BatchMaker, latent_shape
 from ..common import defaults, runtime
+from ..common.cards import shareable_settings, write_run_card
+from ..common.commands import signals_deferred
 from ..common.config import TrainConfig
+from ..common.errors import UserError
 from ..common.tables import Table
 from ..common.world import World, barrier, current_world
 from ..losses import loss_network
@@ -25,6 +27,7 @@ from ..prior import load_training_data
 from ..sampling import save_pipeline
 from . import checkpoint as ckpt
 from .distributed import DIGEST_DIR, grad_reducer
+from .output import RunLock, bytes_needed, check_writable, keep_earlier_run, remove_stale_temporaries
 from .step import adamw, lr_schedule
 
 
@@ -289,19 +292,42 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
 
     on_step(history) is called after every optimizer step (a LivePlot, for example); raising
     KeyboardInterrupt there (or pressing Stop / Ctrl-C) ends training with a checkpoint written.
+    The output folder is locked for the run: a second run on it stops at once.
     """
     config.validate()
     device = runtime.ensure_setup().device
+    check_memory_efficient_attention(config, device)
     world = current_world(config.distributed)
+    output_dir = Path(config.output_dir)
+    lock = RunLock.acquire(output_dir) if world.main else None
+    try:
+        return train_locked(config, components, progress, on_step, device, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_locked(config: TrainConfig, components: Components | None, progress: bool, on_step, device: str,
+                 world: World) -> TrainResult:
+    """train_dreambooth, once the output folder is this run's."""
+    output_dir = Path(config.output_dir)
+    if world.main:
+        check_writable(output_dir, 0)
+        remove_stale_temporaries(output_dir)
     seed = defaults.SEED if config.seed is None else config.seed
     runtime.seed_everything(seed)
     components = components or load_components(config.pretrained_model_name_or_path, config.revision,
                                                config.variant, config.tokenizer_name)
+    use_memory_efficient_attention(config, components)
     check_resolution(config.resolution, components)
     precision = precision_for(config.mixed_precision, device)
     sink = use_data_sink(config.enable_mindspore_data_sink, device)
     set_sample_size(components, config.resolution)
+    if world.main:
+        for note in prompt_notes(config, components.tokenizer):
+            warn(note)
     instance, classes = load_training_data(config, components, world)
+    report_photos([s for s in (instance, classes) if s is not None], config.resolution, world)
     steps = total_steps(config, len(instance), world.size)
     embeddings = None
     if config.pre_compute_text_embeddings:
@@ -309,6 +335,8 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
                                      config.text_encoder_use_attention_mask)
     apply_precision(components, precision, config.train_text_encoder)
     trainer = trainer_for(config, components, steps, world, precision)
+    if world.main:
+        check_writable(output_dir, room_needed(config, components, trainer, steps))
     make_batch = BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
                             components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size,
                             embeddings)
@@ -316,17 +344,70 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     if sink:
         trainer.sink = sink_feed(trainer.step_cell, make_batch, result.steps * trainer.accumulation,
                                  (steps - result.steps) * trainer.accumulation)
-    run = Run(config, components, trainer, make_batch, steps, result, world, open_metrics(config, world, result.steps))
+    run = Run(config, components, trainer, make_batch, steps, result, world,
+              open_metrics(config, world, result.steps), device)
     try:
-        with interrupts_deferred() as stop_requested:
+        with signals_deferred() as stop_requested:
+            validate_before_training(run)
             run_loop(run, progress, on_step, stop_requested)
     finally:
         run.log.close()
     if world.main:
+        require_finite_weights(run, "the final model")
         save_pipeline(components, result.output_dir, config, config.skip_save_text_encoder)
+        save_samples_grid(result.output_dir)
+        write_run_card(result.output_dir, config, result.history, steps_done=result.steps, device=device, seed=seed)
+        (result.output_dir / "error.log").unlink(missing_ok=True)  # an earlier failure's log, now out of date
     if world.size > 1:
         write_digest(result.output_dir, world, trainer.nets)
     return result
+
+
+def check_memory_efficient_attention(config: TrainConfig, device: str) -> None:
+    """--enable_xformers_memory_efficient_attention needs Ascend: mindone maps it to the NPU's flash attention."""
+    if config.enable_xformers_memory_efficient_attention and device != "Ascend":
+        raise ValueError(f"--enable_xformers_memory_efficient_attention: mindone maps it to Ascend's flash attention "
+                         f"(FlashAttentionScore), which has no {device} kernel; remove the flag on {device}.")
+
+
+def use_memory_efficient_attention(config: TrainConfig, components: Components) -> None:
+    """Switch the UNet's attention to mindone's flash attention when asked (on Ascend; checked before)."""
+    if config.enable_xformers_memory_efficient_attention:
+        components.unet.enable_xformers_memory_efficient_attention()
+
+
+def prompt_notes(config: TrainConfig, tokenizer) -> list[str]:
+    """Prompts that train but not as meant: longer than the text encoder reads, or no identifier beside the class."""
+    notes = []
+    limit = config.tokenizer_max_length or tokenizer.model_max_length
+    for flag in ("instance_prompt", "class_prompt", "validation_prompt"):
+        prompt = getattr(config, flag)
+        if prompt and len(tokenizer(prompt).input_ids) > limit:
+            kept = tokenizer.decode(tokenizer(prompt, truncation=True, max_length=limit).input_ids, skip_special_tokens=True)
+            notes.append(f"--{flag} is {len(tokenizer(prompt).input_ids)} tokens long; the text encoder reads the first "
+                         f"{limit}: {kept!r}.")
+    if config.class_prompt and set(config.instance_prompt.split()) <= set(config.class_prompt.split()):
+        notes.append(f"--instance_prompt={config.instance_prompt!r} adds no word to --class_prompt: without a rare "
+                     f"identifier (e.g. 'a photo of sks dog') the model learns your subject as the class itself.")
+    return notes
+
+
+def report_photos(image_sets, resolution: int, world: World) -> None:
+    """When any training picture was skipped, converted, upscaled or doubled: the check table, and the command to rerun it."""
+    for images in image_sets:
+        report = images.report
+        if report is not None and any(c.verdict != "ok" for c in report.checks):
+            _say(world, f"{report}\ncheck this folder again with: python -m dreambooth_nb.check {report.folder} "
+                        f"--resolution {resolution}")
+
+
+def room_needed(config: TrainConfig, components: Components, trainer: Trainer, steps: int) -> int:
+    """Bytes the run will write: the model, and the checkpoints kept at once."""
+    from ..models import count_parameters
+
+    trained = sum(count_parameters(net) for net in trainer.nets.values()) * 4
+    model = sum(count_parameters(n) for n in (components.unet, components.vae, components.text_encoder) if n is not None) * 4
+    return bytes_needed(trained, model, config.checkpoints_total_limit, max(1, steps // config.checkpointing_steps))
 
 
 def check_resolution(resolution: int, components: Components, headroom: int = 4) -> None:
@@ -343,20 +424,22 @@ def set_sample_size(components: Components, resolution: int) -> None:
 
 
 def resume(config: TrainConfig, trainer: Trainer, world: World) -> TrainResult:
-    """A TrainResult starting at step 0, or at the checkpoint --resume_from_checkpoint names (state restored)."""
+    """A TrainResult starting at step 0, or at the checkpoint --resume_from_checkpoint names (checked, state restored).
+
+    A new run in a folder an earlier run used first moves that run's results to previous-runs/, and says so.
+    """
     output_dir = Path(config.output_dir)
     result = TrainResult(output_dir)
-    if world.main:
-        ckpt.remove_stale_temporaries(output_dir)
     path = ckpt.find_checkpoint(config.resume_from_checkpoint, output_dir)
     if path is None:
         if config.resume_from_checkpoint:
             _say(world, f"no checkpoint in {output_dir} yet: starting from step 0")
-        if world.main and ckpt.set_aside_checkpoints(output_dir):
-            _say(world, f"a new run: the earlier run's checkpoints were moved to {output_dir / ckpt.PREVIOUS_DIR}")
+        kept = keep_earlier_run(output_dir) if world.main else None
+        if kept is not None:
+            _say(world, f"{output_dir} held an earlier run: its model, logs and checkpoints are kept in {kept}")
         barrier(world)
         return result
-    state = ckpt.load_checkpoint(path, trainer.nets, trainer.optimizer)
+    state = ckpt.load_checkpoint(path, trainer.nets, trainer.optimizer, config)
     result.steps, result.history, result.resumed_from = state["step"], list(state["history"]), path
     _say(world, f"resumed from {path} (step {result.steps})")
     return result
@@ -384,35 +467,7 @@ class Run:
     result: TrainResult
     world: World
     log: object  # report.MetricsLog
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C (SIGINT) and SIGTERM during training only ask to stop; the loop stops after the step it is in.
-
-    So a step is never cut in half: its update and its loss are both kept. A second signal interrupts at
-    once. Yields a callable that says whether a stop was asked. Outside the main thread (a widget's
-    background thread) signals cannot be caught and nothing changes: the Stop button asks instead.
-    """
-    import signal
-    import threading
-
-    asked = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def ask(signum, frame):
-        if asked:
-            raise KeyboardInterrupt(f"signal {signum} (second)")
-        asked.append(signum)
-
-    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: bool(asked)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    device: str = "CPU"
 
 
 def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], bool] = lambda: False) -> None:
@@ -426,6 +481,7 @@ def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], boo
         for step in range(result.steps, run.steps):
             start = time.perf_counter()
             record = {"step": step + 1, **run.trainer.run(run.make_batch, step), "lr": run.trainer.schedule[step]}
+            require_finite_loss(run, record)
             result.history.append(record)
             result.steps = step + 1
             result.step_seconds.append(time.perf_counter() - start)
@@ -441,6 +497,31 @@ def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], boo
         stop_with_checkpoint(run)
     finally:
         bar.close()
+
+
+def validate_before_training(run: Run) -> None:
+    """Validation images and loss at step 0 (a fresh run with a validation prompt): the 'before' of samples over steps."""
+    if run.config.validation_prompt and run.result.steps == 0 and run.world.main:
+        from .report import validation_images
+
+        images, paths = validation_images(run.components, run.config, 0, run.result.output_dir)
+        run.result.validation[0] = paths
+        run.log.images(0, images)
+
+
+def save_samples_grid(output_dir: Path) -> Path | None:
+    """output_dir/samples.png: the validation images over the steps (before training on top, the end at the bottom)."""
+    from ..common.files import save_atomic
+    from .report import samples_over_steps, validation_steps_saved
+
+    if len(validation_steps_saved(output_dir)) < 2:
+        return None
+    import matplotlib.pyplot as plt
+
+    figure = samples_over_steps(output_dir)
+    path = save_atomic(figure, output_dir / "samples.png")
+    plt.close(figure)
+    return path
 
 
 def after_step(run: Run) -> None:
@@ -470,15 +551,45 @@ def validation_loss(run: Run) -> dict[str, float]:
     return {f"val_{term}": value for term, value in zip(run.trainer.terms, values)}
 
 
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss or the weights stopped being finite numbers; the message names the step and what to change."""
+
+
+def require_finite_loss(run: Run, record: dict) -> None:
+    """Stop the run when a step's loss is nan or inf: nothing of it is saved, the last good checkpoint stays."""
+    bad = {k: v for k, v in record.items() if k.endswith("loss") and v is not None and not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(diverged_message(run, record["step"], f"the loss became {bad}"))
+
+
+def require_finite_weights(run: Run, what: str) -> None:
+    """Refuse to save `what` when a trained weight is nan or inf."""
+    for name, net in run.trainer.nets.items():
+        for key, p in net.parameters_and_names():
+            if not np.isfinite(p.asnumpy()).all():
+                raise TrainingDiverged(diverged_message(run, run.result.steps, f"{name}/{key} holds nan or inf; {what} was not saved"))
+
+
+def diverged_message(run: Run, step: int, what: str) -> str:
+    """One line: the step, what went wrong, the last good checkpoint, what to lower."""
+    latest = ckpt.list_checkpoints(run.config.output_dir)
+    keep = f"the last good checkpoint is {latest[-1].name}" if latest else "no checkpoint was written"
+    return (f"training stopped at step {step}: {what}; nothing of that step was saved and {keep}. Lower "
+            f"--learning_rate (now {run.config.learning_rate:g}) or --max_grad_norm, then train again.")
+
+
 def write_checkpoint(run: Run) -> None:
     """checkpoint-<steps done> (rank 0 only), then drop the oldest beyond checkpoints_total_limit."""
     if not run.world.main:
         return
+    require_finite_weights(run, f"checkpoint-{run.result.steps}")
     config, trainer, result = run.config, run.trainer, run.result
     step = result.steps
     state = {"learning_rate": trainer.schedule[min(step, len(trainer.schedule) - 1)], "seed": config.seed,
-             "history": result.history[:step], "config": dataclasses.asdict(config)}
-    result.checkpoints.append(ckpt.save_checkpoint(config.output_dir, step, trainer.nets, trainer.optimizer, state))
+             "history": result.history[:step], "config": shareable_settings(config)}
+    saved = ckpt.save_checkpoint(config.output_dir, step, trainer.nets, trainer.optimizer, state)
+    result.checkpoints.append(saved)
+    write_run_card(saved, config, result.history[:step], steps_done=step, device=run.device, seed=config.seed)
     for removed in ckpt.prune_checkpoints(config.output_dir, config.checkpoints_total_limit):
         if removed in result.checkpoints:
             result.checkpoints.remove(removed)
