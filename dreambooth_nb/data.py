@@ -283,12 +283,17 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
 
 def crop(image: Image.Image, size: int, rng: np.random.Generator | None = None) -> Image.Image:
     """A size x size crop: centred when rng is None, else at a random place."""
+    return crop_with_corner(image, size, rng)[0]
+
+
+def crop_with_corner(image: Image.Image, size: int, rng: np.random.Generator | None = None) -> tuple[Image.Image, tuple]:
+    """crop() and where the crop's top-left corner lies in the image, (top, left) (SDXL is told it)."""
     w, h = image.size
     if rng is None:
         left, top = (w - size) // 2, (h - size) // 2
     else:
         left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
-    return image.crop((left, top, left + size, top + size))
+    return image.crop((left, top, left + size, top + size)), (top, left)
 
 
 def normalize(image: Image.Image) -> np.ndarray:

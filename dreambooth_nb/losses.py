@@ -86,6 +86,10 @@ class DreamBoothLoss(nn.Cell):
         labels = timesteps if self.timestep_labels else None
         pred = self.unet(noisy, timesteps, self.embeddings(input_ids, attention_mask),
                          class_labels=labels, return_dict=False)[0]
+        return self.objective(pred, latents, noise, a, timesteps)
+
+    def objective(self, pred, latents, noise, a, timesteps):
+        """(loss, instance term, prior term) of a prediction: the noise (or velocity) it should have been."""
         if pred.shape[1] == 2 * latents.shape[1]:  # models that also predict variance
             pred = ops.chunk(pred, 2, axis=1)[0]
         target = ops.sqrt(a) * noise - ops.sqrt(1.0 - a) * latents if self.v_prediction else noise

@@ -38,12 +38,15 @@ def count_parameters(net) -> int:
 MODEL_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")  # a VAE is optional (pixel-space models)
 
 
-def require_model_parts(source: str, tokenizer_name: str | None = None) -> None:
+def require_model_parts(source: str, tokenizer_name: str | None = None, sdxl: bool = False) -> None:
     """A local model folder must hold every part DreamBooth loads; one line names what is missing."""
     folder = Path(source)
     if not folder.is_dir():
         return
     wanted = [p for p in MODEL_PARTS if not (p == "tokenizer" and tokenizer_name)]
+    if sdxl is False and (folder / "text_encoder_2").is_dir():
+        raise FileNotFoundError(f"{folder} is a Stable Diffusion XL model (it has text_encoder_2/): train it with "
+                                f"python -m dreambooth_nb.train_sdxl_lora, sample it with db.load_sdxl_pipeline.")
     missing = [p for p in wanted if not (folder / p).is_dir()]
     if missing:
         raise FileNotFoundError(f"{folder} has no {', '.join(p + '/' for p in missing)} folder: a Stable Diffusion "

@@ -93,8 +93,11 @@ def generate_class_images(pipe, folder: str | Path, prompt: str, wanted: int, ba
     return written
 
 
-def ensure_class_images(config: TrainConfig, components: Components, progress: bool = True) -> Path:
+def ensure_class_images(config: TrainConfig, components: Components, progress: bool = True,
+                        make_pipeline=None) -> Path:
     """Fill config.class_data_dir up to config.num_class_images with images of config.class_prompt.
+
+    make_pipeline(components, scheduler) builds the sampler (Stable Diffusion's by default; SDXL brings its own).
 
     They are drawn in config.prior_generation_precision (fp16/bf16 on an NPU or GPU; fp32 on CPU, with a warning).
     """
@@ -103,10 +106,11 @@ def ensure_class_images(config: TrainConfig, components: Components, progress: b
     if missing:
         if progress:
             print(f"{folder}: {config.num_class_images - missing} class images there, making {missing} more")
-        from .sampling import sampling_pipeline
+        from .sampling import pipeline_from_components
 
+        pipe = (make_pipeline or pipeline_from_components)(components, defaults.SAMPLER)
         with generation_precision(components, config.prior_generation_precision):
-            generate_class_images(sampling_pipeline(components), folder, config.class_prompt,
+            generate_class_images(pipe, folder, config.class_prompt,
                                   config.num_class_images, config.sample_batch_size,
                                   seed=defaults.SEED if config.seed is None else config.seed, progress=progress)
     return folder
@@ -147,10 +151,10 @@ def class_images(config: TrainConfig) -> list:
 
 
 # ---------------------------------------------------------------------- the training data
-def load_training_data(config: TrainConfig, components: Components, world: World = World()):
+def load_training_data(config: TrainConfig, components: Components, world: World = World(), make_pipeline=None):
     """Instance images (offline samples when no folder is given) and, with prior preservation, class images.
 
-    Missing class images are made by rank 0 alone; the other workers wait, then read them.
+    Missing class images are made by rank 0 alone (with make_pipeline's sampler); the other workers wait, then read them.
     """
     from .common.assets import subject_photos_dir
 
@@ -160,7 +164,7 @@ def load_training_data(config: TrainConfig, components: Components, world: World
     classes = None
     if config.with_prior_preservation:
         if world.main:
-            ensure_class_images(config, components)
+            ensure_class_images(config, components, make_pipeline=make_pipeline)
         barrier(world)
         classes = load_image_set(config.class_data_dir, config.class_prompt, components.tokenizer,
                                  config.resolution, limit=config.num_class_images, max_length=max_len)

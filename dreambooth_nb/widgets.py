@@ -196,7 +196,7 @@ class TrainPanel:
     # ----- widgets
     def _build(self) -> None:
         w = _widgets()
-        self.fields = _train_fields(w)
+        self.fields = self.make_fields(w)
         self.messages = {name: w.HTML(layout={"width": "440px"}) for name in self.fields}
         for name, widget in self.fields.items():
             widget.value = self._widget_value(name)
@@ -216,6 +216,10 @@ class TrainPanel:
         buttons = w.HBox([self.train_button, self.stop_button, self.progress_button, self.progress, self.status])
         self.widget = w.VBox(rows + [buttons, self.plot, self.log_view])
         self.widget.add_class("db-train-panel")
+
+    def make_fields(self, w) -> dict:
+        """The editable flags' widgets (chapter 08's panel adds the LoRA switch and rank)."""
+        return _train_fields(w)
 
     def _widget_value(self, name: str):
         value = getattr(self.config, name)
@@ -279,20 +283,29 @@ class TrainPanel:
         The live loss plot goes to the panel's picture, or to this cell's output when in_cell.
         """
         from .common.viz import LivePlot
-        from .train import train_dreambooth
 
-        config = dataclasses.replace(self.config)
+        config = self.run_config()
         self._stop.clear()
         self.progress.max, self.progress.value = config.max_train_steps or 1, 0
         every = max(self.plot_every, (config.max_train_steps or 0) // 50)
         self.live = LivePlot(every=every) if in_cell else WidgetPlot(self.plot, every)
-        self.result = train_dreambooth(config, components, progress=progress, on_step=self.on_step)
+        self.result = self.run_training(config, components, progress)
         self.live(self.result.history, force=True)
         row = self.log.record(self.base, config, self.result)
         self.status.value = f"run {row['run']}: {row['steps']} steps, instance loss {self.log.cells(row)[3]}" + (
             f", prior loss {self.log.cells(row)[4]}" if row["prior"] is not None else "") + (
             " (stopped)" if self.result.interrupted else "")
         return self.result
+
+    def run_config(self):
+        """A copy of the panel's config for one run (a subclass may turn it into another kind of run)."""
+        return dataclasses.replace(self.config)
+
+    def run_training(self, config, components, progress: bool):
+        """The engine call behind Train: full fine-tuning here (chapter 08's panel trains LoRA adapters instead)."""
+        from .train import train_dreambooth
+
+        return train_dreambooth(config, components, progress=progress, on_step=self.on_step)
 
     def run(self, components=None):
         """Train in this cell without a widget front end (nbval, scripts): a progress bar, a live plot, a summary."""
@@ -367,10 +380,15 @@ class GeneratePanel:
         self.gallery = _picture(w, "db-gallery")
         self.generate_button.on_click(lambda _: self._start(self.generate))
         self.compare_button.on_click(lambda _: self._start(self.compare))
-        controls = [self.prompt, self.negative_prompt, self.seed, self.steps, self.guidance, self.count, self.model]
+        controls = [self.prompt, self.negative_prompt, self.seed, self.steps, self.guidance, self.count, self.model,
+                    *self.extra_controls(w, style)]
         buttons = w.HBox([self.generate_button, self.compare_button, self.status])
         self.widget = w.VBox(controls + [buttons, self.gallery])
         self.widget.add_class("db-generate-panel")
+
+    def extra_controls(self, w, style: dict) -> list:
+        """Widgets a subclass adds under the model picker (none here)."""
+        return []
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -394,9 +412,13 @@ class GeneratePanel:
         from .sampling import generate
 
         n = self.count.value
-        return generate(self.pipeline(name), [self.prompt.value] * n, list(range(self.seed.value, self.seed.value + n)),
+        return generate(self.prepared(name), [self.prompt.value] * n, list(range(self.seed.value, self.seed.value + n)),
                         num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
                         negative_prompt=self.negative_prompt.value or None)
+
+    def prepared(self, name: str):
+        """The pipeline to sample the named model with (chapter 08's panel merges an adapter into it first)."""
+        return self.pipeline(name)
 
     def generate(self, in_cell: bool = True) -> list:
         """What Generate does: a gallery from the chosen model (in the panel, and in this cell); returns the images."""

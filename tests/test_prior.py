@@ -102,7 +102,7 @@ def test_fast_profile_uses_few_inference_steps(monkeypatch):
 
 
 def test_ensure_class_images_fills_the_config_folder_once(tmp_path, calls, monkeypatch, capsys):
-    monkeypatch.setattr(sampling, "sampling_pipeline", lambda components: FakePipe())
+    monkeypatch.setattr(sampling, "pipeline_from_components", lambda components, scheduler: FakePipe())
     config = config_mod.subject_config(class_data_dir=str(tmp_path / "cls"), num_class_images=3, sample_batch_size=2, seed=5)
     assert prior.ensure_class_images(config, components=None) == tmp_path / "cls"
     assert len(data.list_images(tmp_path / "cls")) == 3 and calls["seeds"] == [[5, 6], [7]]

@@ -120,3 +120,21 @@ def test_real_engine_stops_when_stop_is_clicked(tmp_path):
     assert panel.result.interrupted and 2 <= panel.result.steps < 50
     assert (tmp_path / "model" / "model_index.json").is_file()
     assert panel.log.rows[-1]["stopped"]
+
+
+def test_lora_panels_add_a_switch_a_rank_an_adapter_picker_and_a_strength(tmp_path, monkeypatch):
+    from dreambooth_nb import lora
+    from dreambooth_nb.common.config import LoraTrainConfig
+
+    config = LoraTrainConfig(resolution=32, max_train_steps=4, seed=0, report_to="none", output_dir=str(tmp_path / "a"))
+    train, generate = lora.LoraTrainPanel(config), lora.LoraGeneratePanel("toy-world", adapters=str(tmp_path / "a"))
+    assert train.fields["lora_rank"].value == 4 and train.use_lora.value
+    assert train.set("lora_rank", 8) == [] and train.config.lora_rank == 8
+    calls = []
+    monkeypatch.setattr(lora, "train_lora", lambda c, *a, **k: calls.append(("lora", c.lora_rank)) or fake_engine()(c, *a, **k))
+    train.train()
+    train.use_lora.value = False
+    monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", lambda c, *a, **k: calls.append(("full", type(c).__name__)) or fake_engine()(c, *a, **k))
+    train.train()
+    assert calls == [("lora", 8), ("full", "TrainConfig")]
+    assert list(generate.adapter.options) == ["none", "trained"] and generate.strength.value == 1.0

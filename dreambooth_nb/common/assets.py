@@ -35,6 +35,16 @@ def toy_model_path() -> Path:
     return path
 
 
+def toy_xl_model_path() -> Path:
+    """The committed toy-world SDXL (diffusers layout), chapter 09's model."""
+    path = toy_world_dir() / "xl" / "model"
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The toy-world SDXL is missing from {path}. Reinstall dreambooth-nb, or rebuild it with the commands in "
+            f"{path.parent / 'MODEL_CARD.md'}.")
+    return path
+
+
 def tiny_model_path(rebuild: bool = False) -> Path:
     """The cached tiny random model, built on first use (a few seconds, no network)."""
     from .tiny_model import TINY_SEED, build_tiny_pipeline
@@ -45,7 +55,8 @@ def tiny_model_path(rebuild: bool = False) -> Path:
     return path
 
 
-EMBEDDED_PATHS = {defaults.TOY_MODEL: toy_model_path, defaults.TINY_MODEL: tiny_model_path}
+EMBEDDED_PATHS = {defaults.TOY_MODEL: toy_model_path, defaults.TINY_MODEL: tiny_model_path,
+                  defaults.TOY_XL_MODEL: toy_xl_model_path}
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -63,7 +74,7 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
     if path.exists():
         from .formats import detect_layout, importable_model
 
-        if path.is_file() or detect_layout(path) in ("lora", "sdxl", "diffusers-bin"):
+        if path.is_file() or detect_layout(path) in ("lora", "diffusers-bin"):
             return str(importable_model(path))  # a single file becomes a cached folder; the others say what to do
         if not path.is_dir() or not (path / "unet").is_dir():
             raise FileNotFoundError(
@@ -131,12 +142,12 @@ def training_settings(folder: str | os.PathLike) -> dict:
 
 
 def is_toy_model(model: str | os.PathLike | None) -> bool:
-    """True for the committed toy-world model, by name or by folder."""
+    """True for the committed toy-world models (SD and SDXL), by name or by folder."""
     name = str(model or defaults.DEFAULT_MODEL)
-    if name == defaults.TOY_MODEL:
+    if name in (defaults.TOY_MODEL, defaults.TOY_XL_MODEL):
         return True
     try:
-        return Path(name).resolve() == (toy_world_dir() / "model").resolve()
+        return Path(name).resolve() in {(toy_world_dir() / "model").resolve(), (toy_world_dir() / "xl" / "model").resolve()}
     except OSError:
         return False
 

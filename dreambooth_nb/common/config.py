@@ -8,7 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import defaults
 from .errors import UserError
@@ -36,6 +36,9 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class TrainConfig:
     """DreamBooth training settings, named as the flags of mindone's train_dreambooth.py."""
+
+    COMMAND: ClassVar[str] = "dreambooth_nb.train"  # the module whose command line takes these flags
+    HIDDEN: ClassVar[tuple] = ()  # fields this command line does not offer (kept at their defaults)
 
     # model
     pretrained_model_name_or_path: str = flag(defaults.DEFAULT_MODEL, "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model")
@@ -147,7 +150,7 @@ class TrainConfig:
         """The shell command that runs this config: `python -m dreambooth_nb.train --flag=value ...`."""
         import shlex
 
-        return shlex.join(["python", "-m", "dreambooth_nb.train", *self.to_args()])
+        return shlex.join(["python", "-m", self.COMMAND, *self.to_args()])
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
@@ -160,13 +163,20 @@ class TrainConfig:
         """Settings that work but probably do not do what was meant (printed as warnings, like the reference)."""
         out = []
         if not self.with_prior_preservation:
-            out += [f"--{n} is ignored without --with_prior_preservation." for n in ("class_data_dir", "class_prompt")
-                    if getattr(self, n)]
+            if self.class_data_dir:
+                out.append("--class_data_dir is ignored without --with_prior_preservation.")
+            if self.class_prompt and not self.validation_prompt:
+                out.append("--class_prompt is ignored without --with_prior_preservation (it only adds validation "
+                           "images, and there is no --validation_prompt).")
         if self.max_train_steps and self.lr_warmup_steps >= self.max_train_steps and self.lr_scheduler != "constant":
             out.append(f"--lr_warmup_steps={self.lr_warmup_steps} is not below --max_train_steps={self.max_train_steps}: "
                        "the learning rate never leaves warmup.")
         if (self.hub_token or self.hub_model_id) and not self.push_to_hub:
             out.append("--hub_token/--hub_model_id are only used with --push_to_hub; ignored.")
+        prodigy = [n for n in ("prodigy_beta3", "prodigy_decouple", "prodigy_use_bias_correction",
+                               "prodigy_safeguard_warmup") if hasattr(self, n) and getattr(self, n) != _default(
+                               next(f for f in fields(self) if f.name == n))]
+        out += [f"--{n} only applies to --optimizer=prodigy; ignored." for n in prodigy]
         return out
 
     def learning_rate_for(self, world_size: int = 1) -> float:
@@ -174,6 +184,58 @@ class TrainConfig:
         if not self.scale_lr:
             return self.learning_rate
         return self.learning_rate * world_size * self.gradient_accumulation_steps * self.train_batch_size
+
+
+@dataclass
+class LoraTrainConfig(TrainConfig):
+    """LoRA DreamBooth settings, named as the flags of mindone's train_dreambooth_lora.py: the full fine-tuning flags
+    less six it lacks, plus the adapters' rank and validation every N epochs; its own learning rate and folder."""
+
+    COMMAND: ClassVar[str] = "dreambooth_nb.train_lora"
+    HIDDEN: ClassVar[tuple] = ("validation_steps", "validation_scheduler", "offset_noise", "snr_gamma",
+                               "set_grads_to_none", "skip_save_text_encoder")
+
+    output_dir: str = flag("lora-dreambooth-model", "Where the adapter, checkpoints and logs are written.")
+    learning_rate: float = flag(5e-4, "Learning rate after warmup (adapters start at zero: LoRA takes larger rates).")
+    lora_rank: int = flag(4, "Rank r of the adapters (lora_alpha = r, as the reference).")
+    validation_epochs: int = flag(50, "Validate every N epochs (an epoch: every instance photo once).", group="validation")
+
+
+NEEDS_DATASETS = ("dataset_name", "dataset_config_name", "cache_dir", "caption_column")
+
+
+@dataclass
+class SDXLLoraTrainConfig(LoraTrainConfig):
+    """SDXL DreamBooth LoRA settings, named as the flags of mindone's train_dreambooth_lora_sdxl.py (its own
+    defaults: 1024 px, learning rate 1e-4, weight decay 1e-4, a text-encoder learning rate)."""
+
+    COMMAND: ClassVar[str] = "dreambooth_nb.train_sdxl_lora"
+    HIDDEN: ClassVar[tuple] = ("validation_steps", "validation_scheduler", "offset_noise", "set_grads_to_none",
+                               "skip_save_text_encoder", "tokenizer_name", "pre_compute_text_embeddings",
+                               "tokenizer_max_length", "text_encoder_use_attention_mask", "validation_images",
+                               "class_labels_conditioning")
+
+    pretrained_model_name_or_path: str = flag(defaults.TOY_XL_MODEL, "SDXL hub id, local folder, or toy-world-xl.", group="model")
+    pretrained_vae_model_name_or_path: str | None = flag(None, "Another VAE (e.g. madebyollin/sdxl-vae-fp16-fix), a folder or hub id.", group="model")
+    dataset_name: str | None = flag(None, "A hub dataset of instance images (needs the datasets library and a network: refused).", group="data")
+    dataset_config_name: str | None = flag(None, "The dataset's config (with --dataset_name).", group="data")
+    cache_dir: str | None = flag(None, "Where hub datasets are cached (with --dataset_name).", group="data")
+    image_column: str = flag("image", "The dataset's image column (with --dataset_name).", group="data")
+    caption_column: str | None = flag(None, "The dataset's caption column (with --dataset_name).", group="data")
+    repeats: int = flag(1, "Repeat the instance photos this many times in each epoch.", group="data")
+    random_flip: bool = flag(False, "Flip training pictures left-right at random (the time ids are unchanged).", group="data")
+    resolution: int = flag(1024, "Training image size in pixels (SDXL's own is 1024).", group="data")
+    learning_rate: float = flag(1e-4, "Learning rate of the UNet's adapters after warmup.")
+    text_encoder_lr: float = flag(5e-6, "Learning rate of the text encoders' adapters (with --train_text_encoder).")
+    optimizer: str = flag("AdamW", "AdamW (prodigy needs PyTorch's prodigyopt: refused).")
+    prodigy_beta3: float | None = flag(None, "Prodigy's beta3 (with --optimizer=prodigy).")
+    prodigy_decouple: bool = flag(True, "Prodigy's decoupled weight decay (with --optimizer=prodigy).")
+    adam_weight_decay: float = flag(1e-4, "AdamW weight decay of the UNet's adapters.")
+    adam_weight_decay_text_encoder: float = flag(1e-3, "AdamW weight decay of the text encoders' adapters.")
+    prodigy_use_bias_correction: bool = flag(True, "Prodigy's bias correction (with --optimizer=prodigy).")
+    prodigy_safeguard_warmup: bool = flag(True, "Prodigy's warmup safeguard (with --optimizer=prodigy).")
+    do_edm_style_training: bool = flag(False, "EDM-style objective: the clean latents, weighted by 1/sigma^2.")
+    use_dora: bool = flag(False, "DoRA adapters (mindone 0.3.0 has none: refused).")
 
 
 def _default(f: dataclasses.Field):
@@ -262,6 +324,7 @@ def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes)
 
 
 PLAYGROUND_DIR = Path("outputs") / "playground"
+LORA_DIR = Path("outputs") / "08-lora"
 
 
 def playground_config(output_dir: str | None = None, **changes) -> TrainConfig:
@@ -319,6 +382,9 @@ RANGES = {
     "max_grad_norm": ("non-negative", "0 turns clipping off"), "adam_weight_decay": ("non-negative", "1e-2 is the default"),
     "seed": ("non-negative", "any whole number from 0 works"),
     "adam_beta1": ("fraction", "0.9 is usual"), "adam_beta2": ("fraction", "0.999 is usual"),
+    "lora_rank": ("at least 1", "4 to 128 is usual"), "validation_epochs": ("at least 1", ""),
+    "repeats": ("at least 1", ""), "text_encoder_lr": ("positive", "5e-6 is the reference's"),
+    "adam_weight_decay_text_encoder": ("non-negative", ""),
 }
 RULES = {"positive": (lambda v: v > 0, "must be above 0"), "at least 1": (lambda v: v >= 1, "must be at least 1"),
          "non-negative": (lambda v: v >= 0, "cannot be negative"), "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
@@ -327,7 +393,7 @@ RULES = {"positive": (lambda v: v > 0, "must be above 0"), "at least 1": (lambda
 def _check_ranges(c: TrainConfig) -> list[str]:
     out = []
     for name, (rule, advice) in RANGES.items():
-        value = getattr(c, name)
+        value = getattr(c, name, None)
         holds, says = RULES[rule]
         if value is not None and not holds(value):
             out.append(f"--{name}={value} {says}" + (f" ({advice})." if advice else "."))
@@ -390,6 +456,22 @@ def _check_paths(c: TrainConfig) -> list[str]:
     return out
 
 
+def _check_sdxl(c: TrainConfig) -> list[str]:
+    """The SDXL script's flags that cannot work here, each with the reason."""
+    if not isinstance(c, SDXLLoraTrainConfig):
+        return []
+    out = [f"--{name} reads a dataset from the hub with the datasets library, which needs a network; put the photos "
+           f"in a folder and give --instance_data_dir." for name in NEEDS_DATASETS if getattr(c, name)]
+    if c.optimizer != "AdamW":
+        out.append(f"--optimizer={c.optimizer}: only AdamW exists for MindSpore here (Prodigy is a PyTorch package); "
+                   f"drop the flag.")
+    if c.use_dora:
+        out.append("--use_dora: mindone 0.3.0's PEFT has no DoRA layers; drop the flag (plain LoRA is trained).")
+    if c.do_edm_style_training and c.snr_gamma is not None:
+        out.append("--snr_gamma cannot be used with --do_edm_style_training (the reference refuses the pair too).")
+    return out
+
+
 def _check_unsupported(c: TrainConfig) -> list[str]:
     out = [f"--{f.name} is not supported on MindSpore; remove it." for f in fields(c)
            if f.metadata.get("group") == "unsupported" and getattr(c, f.name)]
@@ -413,5 +495,17 @@ def _check_distributed(c: TrainConfig) -> list[str]:
     return []
 
 
-_CHECKS = (_check_finite, _check_ranges, _check_resolution, _check_choices, _check_prior, _check_prompts,
+_CHECKS = (_check_finite, _check_ranges, _check_sdxl, _check_resolution, _check_choices, _check_prior, _check_prompts,
            _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)
+
+
+def lora_config(**changes) -> LoraTrainConfig:
+    """Chapter 08's LoRA run: chapter 06's subject and settings, rank-4 adapters at a LoRA learning rate."""
+    base = toy_dreambooth_config(prior=True, output_dir=str(LORA_DIR / "adapters"))
+    settings = {f.name: getattr(base, f.name) for f in fields(TrainConfig)}
+    return LoraTrainConfig(**{**settings, "learning_rate": 1e-3, "lora_rank": 4, **changes})
+
+
+def lora_playground_config(**changes) -> LoraTrainConfig:
+    """The LoRA panels' documented run: chapter 08's without prior, shortened by the test profile."""
+    return apply_test_profile(lora_config(with_prior_preservation=False, output_dir=str(LORA_DIR / "panel"))).replace(**changes)

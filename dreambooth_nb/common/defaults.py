@@ -10,8 +10,9 @@ import os
 # ---------------------------------------------------------------------------- models
 TOY_MODEL = "toy-world"  # the committed Stable Diffusion of coloured shapes: the course's default model
 TINY_MODEL = "tiny-random"  # a randomly initialised tiny SD, built offline in seconds (unit tests of the mechanics)
+TOY_XL_MODEL = "toy-world-xl"  # the committed SDXL of the toy world (chapter 09), derived from toy-world
 DEFAULT_MODEL = TOY_MODEL
-EMBEDDED_MODELS = (TOY_MODEL, TINY_MODEL)
+EMBEDDED_MODELS = (TOY_MODEL, TINY_MODEL, TOY_XL_MODEL)
 
 # ---------------------------------------------------------------------------- randomness
 SEED = 0  # seed of setup(), training runs, class images and samples unless one is given

@@ -98,14 +98,15 @@ def polygon(shape: str, x: float, y: float, r: float, angle: float = 0.0) -> lis
 
 
 def draw(scene: Scene, size: int = SIZE) -> Image.Image:
-    """Render a scene as an RGB image (drawn 4x larger, then reduced, for smooth edges)."""
-    k = 4
-    image = Image.new("RGB", (size * k, size * k), BACKGROUNDS[scene.background])
+    """Render a scene as an RGB image of size x size (drawn 4x larger, then reduced, for smooth edges); the scene's
+    coordinates are those of a SIZE-pixel picture, scaled to `size`."""
+    k = 4 * size / SIZE
+    image = Image.new("RGB", (size * 4, size * 4), BACKGROUNDS[scene.background])
     pts = polygon(scene.shape, scene.x * k, scene.y * k, scene.radius * k, scene.angle)
     ImageDraw.Draw(image).polygon(pts, fill=COLOURS[scene.colour])
     if scene.pattern.startswith("stripes:"):
-        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]], period=stripe_period(scene.radius) * k,
-                            angle=scene.angle)
+        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]],
+                            period=round(stripe_period(scene.radius) * k), angle=scene.angle)
     return image.resize((size, size), Image.LANCZOS)
 
 

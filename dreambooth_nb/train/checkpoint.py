@@ -2,6 +2,7 @@
 
 Layout of output_dir/checkpoint-N/ (N = optimizer steps done):
     unet/, text_encoder/   trained networks in diffusers layout (safetensors; text_encoder only when trained)
+    trained.safetensors    instead of those, for methods that train a few weights (LoRA): just those weights
     optimizer.safetensors  AdamW moments (adam_m/<network>/<weight>, adam_v/...) and its global_step (the lr position)
     state.json             step, learning rate, loss history, Python and NumPy RNG state, the settings used
     manifest.json          sha256 of every other file, written last: a checkpoint is checked against it on resume
@@ -27,6 +28,7 @@ from ..common.errors import UserError
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINED_FILE = "trained.safetensors"
 MANIFEST_FILE = "manifest.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 # settings a resumed run must share with its checkpoint (the rest: step counts, logging, validation may change)
@@ -213,8 +215,17 @@ def weight_digest(nets: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- save / load
-def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimizer, state: dict) -> Path:
-    """Write output_dir/checkpoint-<step>/ atomically; returns its path."""
+def trained_parameters(nets: dict) -> dict:
+    """The trained (requires_grad) weights of the networks, by '<network>/<name>'."""
+    return {key: p for key, p in named_parameters(nets).items() if p.requires_grad}
+
+
+def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimizer, state: dict,
+                    whole_networks: bool = True) -> Path:
+    """Write output_dir/checkpoint-<step>/ atomically; returns its path.
+
+    whole_networks=False keeps only the trained weights (trained.safetensors): a LoRA checkpoint is a few MB.
+    """
     from safetensors.numpy import save_file
 
     from ..common.files import replace_dir
@@ -225,8 +236,12 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, nets: dict, optimi
     tmp = output_dir / f".checkpoint-{step}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for name, net in nets.items():
-            net.save_pretrained(str(tmp / name))
+        tmp.mkdir(parents=True)
+        if whole_networks:
+            for name, net in nets.items():
+                net.save_pretrained(str(tmp / name))
+        else:
+            save_file({k: p.asnumpy() for k, p in trained_parameters(nets).items()}, str(tmp / TRAINED_FILE))
         save_file(optimizer_arrays(optimizer, nets), str(tmp / OPTIMIZER_FILE))
         state = {**state, "step": step, "trained": sorted(nets), "rng": rng_state()}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -263,8 +278,11 @@ def load_checkpoint(path: str | os.PathLike, nets: dict, optimizer, config=None)
         if sorted(nets) != state["trained"]:
             raise CheckpointError(f"{path} was trained with {' + '.join(state['trained'])}; this run trains "
                                   f"{' + '.join(sorted(nets))}. Resume with the same --train_text_encoder setting.")
-        for name, net in nets.items():
-            load_net_weights(net, path / name)
+        if (path / TRAINED_FILE).is_file():
+            set_parameters(trained_parameters(nets), load_file(str(path / TRAINED_FILE)), str(path / TRAINED_FILE))
+        else:
+            for name, net in nets.items():
+                load_net_weights(net, path / name)
         set_optimizer_state(optimizer, nets, load_file(str(path / OPTIMIZER_FILE)), str(path / OPTIMIZER_FILE))
         set_rng_state(state["rng"])
     except CheckpointError:

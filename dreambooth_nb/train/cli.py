@@ -24,6 +24,15 @@ def _value_type(annotation: str):
     return str
 
 
+def _yes_no(text: str) -> bool:
+    """A boolean flag's value: true/false, yes/no, 1/0 (the reference's `type=bool` took any text as True)."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.train",
                  description: str = "DreamBooth fine-tuning with MindSpore + mindone; flags match mindone's "
                                     "train_dreambooth.py.") -> argparse.ArgumentParser:
@@ -36,10 +45,15 @@ def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.
     parser.add_argument("--device", default=None, help="auto (default), Ascend, GPU or CPU.")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in fields(config_class):
+        if f.name in config_class.HIDDEN:
+            continue
         meta = f.metadata
         default = f.default if f.default is not MISSING else f.default_factory()
         kind = _value_type(str(f.type))
         group = groups[meta["group"]]
+        if kind is bool and default is True:  # the reference's `type=bool, default=True` flags take a value
+            group.add_argument(f"--{f.name}", type=_yes_no, nargs="?", const=True, default=True, help=meta["help"])
+            continue
         if kind is bool:
             group.add_argument(f"--{f.name}", action="store_true", default=default, help=meta["help"])
             continue
@@ -52,7 +66,7 @@ def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.
 def parse_config(argv: list[str] | None = None, config_class=TrainConfig, parser=None):
     """A config from command-line arguments (argparse exits with one line on unknown flags)."""
     namespace = (parser or build_parser(config_class)).parse_args(argv)
-    values = {f.name: getattr(namespace, f.name) for f in fields(config_class)}
+    values = {f.name: getattr(namespace, f.name) for f in fields(config_class) if f.name not in config_class.HIDDEN}
     return config_class(**values), namespace
 
 

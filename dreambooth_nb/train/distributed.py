@@ -34,18 +34,19 @@ def free_port() -> int:
 
 
 def msrun_command(train_args: list[str], workers: int = 8, master_port: int = 8118,
-                  log_dir: str = "msrun_log") -> list[str]:
-    """The msrun command line that trains with `train_args` (TrainConfig.to_args()) on `workers` devices of this machine."""
+                  log_dir: str = "msrun_log", module: str = "dreambooth_nb.train") -> list[str]:
+    """The msrun command line that trains with `train_args` (config.to_args()) on `workers` devices of this machine,
+    with the command line of `module` (dreambooth_nb.train, or dreambooth_nb.train_lora for LoRA)."""
     train_args = [a for a in train_args if a != "--distributed"]
     return ["msrun", f"--worker_num={workers}", f"--local_worker_num={workers}", f"--master_port={master_port}",
-            f"--log_dir={log_dir}", "--join=True", "python", "-m", "dreambooth_nb.train", "--distributed", *train_args]
+            f"--log_dir={log_dir}", "--join=True", "python", "-m", module, "--distributed", *train_args]
 
 
 def msrun_shell(config, workers: int = 8, master_port: int = 8118, log_dir: str = "msrun_log") -> str:
     """The msrun command for `config` as one line to paste into a shell."""
     import shlex
 
-    return shlex.join(msrun_command(config.to_args(), workers, master_port, log_dir))
+    return shlex.join(msrun_command(config.to_args(), workers, master_port, log_dir, config.COMMAND))
 
 
 def read_digests(output_dir: str | os.PathLike) -> dict[int, dict]:
@@ -99,7 +100,7 @@ def run_msrun(config, workers: int = 2, log_dir: str | os.PathLike | None = None
     output_dir = Path(config.output_dir)
     shutil.rmtree(output_dir / DIGEST_DIR, ignore_errors=True)  # digests of an earlier run must not count
     log_dir = Path(log_dir or output_dir.parent / f"{output_dir.name}-msrun-logs")
-    command = msrun_command(config.to_args(), workers, free_port(), str(log_dir))
+    command = msrun_command(config.to_args(), workers, free_port(), str(log_dir), config.COMMAND)
     bin_dir = str(Path(sys.executable).parent)  # msrun starts `python`: the one of this environment
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(extra_env or {})}
     if config.hub_token:  # never on a command line: the workers read it from the environment

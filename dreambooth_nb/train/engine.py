@@ -173,6 +173,7 @@ class Trainer:
     accumulation: int = 1
     sink: Callable | None = None
     terms: tuple = ("loss", "instance_loss", "prior_loss")  # names of what the step returns, the loss first
+    whole_networks: bool = True  # checkpoints hold the whole trained networks (False: only the trained weights)
 
     def optimizer_steps(self) -> int:
         """Updates applied so far (the optimizer's own counter, also the lr schedule's position)."""
@@ -203,8 +204,8 @@ class Trainer:
         self.optimizer.global_step.set_data(ms.Tensor(np.zeros(self.optimizer.global_step.shape, np.int32)))
 
 
-def trainable_networks(config: TrainConfig, components: Components) -> dict:
-    """The networks this run trains, by their folder name: the UNet, and the text encoder when asked."""
+def networks_to_train(config: TrainConfig, components: Components) -> dict:
+    """The networks this run changes, by their folder name: the UNet, and the text encoder when asked; the rest frozen."""
     freeze(components.vae)
     nets = {"unet": components.unet}
     if config.train_text_encoder:
@@ -213,14 +214,69 @@ def trainable_networks(config: TrainConfig, components: Components) -> dict:
         freeze(components.text_encoder)
     for net in nets.values():
         net.set_train(True)
-        for p in net.get_parameters():
-            p.requires_grad = True
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:  # mindone 0.3.0's CLIP has no switch: recompute each layer with MindSpore's own
             for layer in components.text_encoder.text_model.encoder.layers:
                 layer.recompute()
     return nets
+
+
+@dataclass(frozen=True)
+class FullFineTuning:
+    """What full fine-tuning of Stable Diffusion trains and keeps: every weight of the UNet (and of the text encoder
+    when asked); the whole pipeline is saved.
+
+    The engine asks its method for everything that depends on the model or on what is trained: loading the pieces,
+    which weights train, the loss Cell, the batches, a sampling pipeline (validation and class images), what a
+    checkpoint holds, and how the result is saved. LoRA (chapter 08) and SDXL LoRA (chapter 09) are other methods.
+    """
+
+    whole_networks_in_checkpoints: bool = True
+
+    def load(self, config: TrainConfig) -> Components:
+        """The model's pieces, from the config's model name or folder."""
+        return load_components(config.pretrained_model_name_or_path, config.revision, config.variant,
+                               config.tokenizer_name)
+
+    def networks(self, config: TrainConfig, components: Components) -> dict:
+        """The networks to train, every weight of them trainable."""
+        nets = networks_to_train(config, components)
+        for net in nets.values():
+            for p in net.get_parameters():
+                p.requires_grad = True
+        return nets
+
+    def parameters(self, config: TrainConfig, nets: dict, schedule: list):
+        """What AdamW updates: every trainable weight, one learning rate (a method may give groups of their own)."""
+        return [p for net in nets.values() for p in net.trainable_params()]
+
+    def loss(self, config: TrainConfig, components: Components, precomputed: bool):
+        """The compiled forward pass and loss (DreamBoothLoss)."""
+        return loss_network(config, components, precomputed)
+
+    def embeddings(self, config: TrainConfig, components: Components, image_sets) -> tuple | None:
+        """The frozen text encoder's output for each prompt when --pre_compute_text_embeddings, else None."""
+        if not config.pre_compute_text_embeddings:
+            return None
+        return text_embeddings(components, image_sets, config.text_encoder_use_attention_mask)
+
+    def batches(self, config: TrainConfig, components: Components, instance, classes, seed: int, world: World,
+                embeddings) -> BatchMaker:
+        """Every step's inputs, made on the host from (seed, step)."""
+        return BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
+                          components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size,
+                          embeddings)
+
+    def pipeline(self, components: Components, scheduler: str | None = None):
+        """A sampling pipeline sharing the networks being trained (validation images, class images)."""
+        from ..sampling import pipeline_from_components
+
+        return pipeline_from_components(components, scheduler)
+
+    def save_result(self, components: Components, output_dir: Path, config: TrainConfig) -> None:
+        """The whole pipeline in diffusers layout."""
+        save_pipeline(components, output_dir, config, config.skip_save_text_encoder)
 
 
 # Settings that never change the compiled step: a run differing only in these reuses the last run's graph.
@@ -235,38 +291,39 @@ _LAST_TRAINER: dict = {}
 
 
 def trainer_for(config: TrainConfig, components: Components, steps: int, world: World = World(),
-                precision: Precision = Precision()) -> Trainer:
+                precision: Precision = Precision(), method=FullFineTuning()) -> Trainer:
     """The last run's trainer, reset, when only graph-neutral settings changed (no second ~20 s compile); else a new one.
 
     Reuse needs the same networks (the same `components` object): its weights are trained further
     from where they are, exactly as a new trainer would.
     """
     settings = tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in GRAPH_NEUTRAL)
-    key = (id(components.unet), id(components.text_encoder), id(components.vae), steps, world, precision, settings)
+    key = (id(components.unet), id(components.text_encoder), id(components.vae), steps, world, precision, method,
+           settings)
     if _LAST_TRAINER.get("key") == key:
         trainer = _LAST_TRAINER["trainer"]
-        trainable_networks(config, components)
+        method.networks(config, components)
         trainer.reset()
         return trainer
     _LAST_TRAINER.clear()  # let the previous graph and optimizer state go before building the next
-    trainer = build_trainer(config, components, steps, world, precision)
+    trainer = build_trainer(config, components, steps, world, precision, method)
     _LAST_TRAINER.update(key=key, trainer=trainer)
     return trainer
 
 
 def build_trainer(config: TrainConfig, components: Components, steps: int, world: World = World(),
-                  precision: Precision = Precision()) -> Trainer:
+                  precision: Precision = Precision(), method=FullFineTuning()) -> Trainer:
     """The compiled step (and accumulation) cells, the optimizer and its lr schedule for this run."""
     from .step import make_step
 
-    nets = trainable_networks(config, components)
-    params = [p for net in nets.values() for p in net.trainable_params()]
+    nets = method.networks(config, components)
     schedule = lr_schedule(config, steps, world.size)
-    optimizer = make_optimizer(params, schedule, config)
+    optimizer = make_optimizer(method.parameters(config, nets, schedule), schedule, config)
     step_cell, apply_cell = make_step(
-        loss_network(config, components, config.pre_compute_text_embeddings), optimizer, config.max_grad_norm,
+        method.loss(config, components, config.pre_compute_text_embeddings), optimizer, config.max_grad_norm,
         config.gradient_accumulation_steps, grad_reducer(optimizer.parameters, world), precision.loss_scale)
-    return Trainer(step_cell, apply_cell, optimizer, schedule, nets, config.gradient_accumulation_steps)
+    return Trainer(step_cell, apply_cell, optimizer, schedule, nets, config.gradient_accumulation_steps,
+                   whole_networks=method.whole_networks_in_checkpoints)
 
 
 def sink_feed(step_cell, make_batch: BatchMaker, first: int, count: int):
@@ -281,18 +338,19 @@ def sink_feed(step_cell, make_batch: BatchMaker, first: int, count: int):
         def __getitem__(self, i):
             return make_batch(first + i)
 
-    names = ["pixels", "input_ids", "attention_mask", "vae_noise", "noise", "timesteps"]
+    names = [f"input_{i}" for i in range(len(make_batch(first)))]  # 6 for Stable Diffusion, 7 for SDXL
     return ms.data_sink(step_cell, GeneratorDataset(Source(), column_names=names, shuffle=False), sink_size=1)
 
 
 # ------------------------------------------------------------------------------ the loop
 def train_dreambooth(config: TrainConfig, components: Components | None = None, progress: bool = True,
-                     on_step: Callable[[list], None] | None = None) -> TrainResult:
+                     on_step: Callable[[list], None] | None = None, method=None) -> TrainResult:
     """Fine-tune with DreamBooth as `config` says; returns the loss history and where the model went.
 
     on_step(history) is called after every optimizer step (a LivePlot, for example); raising
     KeyboardInterrupt there (or pressing Stop / Ctrl-C) ends training with a checkpoint written.
-    The output folder is locked for the run: a second run on it stops at once.
+    The output folder is locked for the run: a second run on it stops at once. `method` says what is trained
+    and saved: full fine-tuning (the default) or LoRA adapters (chapter 08's LoraAdapters).
     """
     config.validate()
     device = runtime.ensure_setup().device
@@ -301,14 +359,14 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     output_dir = Path(config.output_dir)
     lock = RunLock.acquire(output_dir) if world.main else None
     try:
-        return train_locked(config, components, progress, on_step, device, world)
+        return train_locked(config, components, progress, on_step, device, world, method or FullFineTuning())
     finally:
         if lock is not None:
             lock.release()
 
 
 def train_locked(config: TrainConfig, components: Components | None, progress: bool, on_step, device: str,
-                 world: World) -> TrainResult:
+                 world: World, method) -> TrainResult:
     """train_dreambooth, once the output folder is this run's."""
     output_dir = Path(config.output_dir)
     if world.main:
@@ -316,8 +374,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
         remove_stale_temporaries(output_dir)
     seed = defaults.SEED if config.seed is None else config.seed
     runtime.seed_everything(seed)
-    components = components or load_components(config.pretrained_model_name_or_path, config.revision,
-                                               config.variant, config.tokenizer_name)
+    components = components or method.load(config)
     use_memory_efficient_attention(config, components)
     check_resolution(config.resolution, components)
     precision = precision_for(config.mixed_precision, device)
@@ -326,26 +383,21 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
     if world.main:
         for note in prompt_notes(config, components.tokenizer):
             warn(note)
-    instance, classes = load_training_data(config, components, world)
+    instance, classes = load_training_data(config, components, world, method.pipeline)
     report_photos([s for s in (instance, classes) if s is not None], config.resolution, world)
     steps = total_steps(config, len(instance), world.size)
-    embeddings = None
-    if config.pre_compute_text_embeddings:
-        embeddings = text_embeddings(components, [s for s in (instance, classes) if s is not None],
-                                     config.text_encoder_use_attention_mask)
+    embeddings = method.embeddings(config, components, [s for s in (instance, classes) if s is not None])
     apply_precision(components, precision, config.train_text_encoder)
-    trainer = trainer_for(config, components, steps, world, precision)
+    trainer = trainer_for(config, components, steps, world, precision, method)
     if world.main:
         check_writable(output_dir, room_needed(config, components, trainer, steps))
-    make_batch = BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
-                            components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size,
-                            embeddings)
+    make_batch = method.batches(config, components, instance, classes, seed, world, embeddings)
     result = resume(config, trainer, world)
     if sink:
         trainer.sink = sink_feed(trainer.step_cell, make_batch, result.steps * trainer.accumulation,
                                  (steps - result.steps) * trainer.accumulation)
     run = Run(config, components, trainer, make_batch, steps, result, world,
-              open_metrics(config, world, result.steps), device)
+              open_metrics(config, world, result.steps), device, method)
     try:
         with signals_deferred() as stop_requested:
             validate_before_training(run)
@@ -354,7 +406,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
         run.log.close()
     if world.main:
         require_finite_weights(run, "the final model")
-        save_pipeline(components, result.output_dir, config, config.skip_save_text_encoder)
+        method.save_result(components, result.output_dir, config)
         save_samples_grid(result.output_dir)
         write_run_card(result.output_dir, config, result.history, steps_done=result.steps, device=device, seed=seed)
         (result.output_dir / "error.log").unlink(missing_ok=True)  # an earlier failure's log, now out of date
@@ -468,6 +520,7 @@ class Run:
     world: World
     log: object  # report.MetricsLog
     device: str = "CPU"
+    method: object = FullFineTuning()
 
 
 def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], bool] = lambda: False) -> None:
@@ -504,7 +557,7 @@ def validate_before_training(run: Run) -> None:
     if run.config.validation_prompt and run.result.steps == 0 and run.world.main:
         from .report import validation_images
 
-        images, paths = validation_images(run.components, run.config, 0, run.result.output_dir)
+        images, paths = validation_images(run.method.pipeline, run.components, run.config, 0, run.result.output_dir)
         run.result.validation[0] = paths
         run.log.images(0, images)
 
@@ -531,7 +584,7 @@ def after_step(run: Run) -> None:
     result, config = run.result, run.config
     if config.validation_prompt and result.steps % config.validation_steps == 0 and run.world.main:
         result.history[-1].update(validation_loss(run))
-        images, paths = validation_images(run.components, config, result.steps, result.output_dir)
+        images, paths = validation_images(run.method.pipeline, run.components, config, result.steps, result.output_dir)
         result.validation[result.steps] = paths
         run.log.images(result.steps, images)
     if result.steps % config.checkpointing_steps == 0:
@@ -566,7 +619,7 @@ def require_finite_weights(run: Run, what: str) -> None:
     """Refuse to save `what` when a trained weight is nan or inf."""
     for name, net in run.trainer.nets.items():
         for key, p in net.parameters_and_names():
-            if not np.isfinite(p.asnumpy()).all():
+            if p.requires_grad and not np.isfinite(p.asnumpy()).all():
                 raise TrainingDiverged(diverged_message(run, run.result.steps, f"{name}/{key} holds nan or inf; {what} was not saved"))
 
 
@@ -587,7 +640,7 @@ def write_checkpoint(run: Run) -> None:
     step = result.steps
     state = {"learning_rate": trainer.schedule[min(step, len(trainer.schedule) - 1)], "seed": config.seed,
              "history": result.history[:step], "config": shareable_settings(config)}
-    saved = ckpt.save_checkpoint(config.output_dir, step, trainer.nets, trainer.optimizer, state)
+    saved = ckpt.save_checkpoint(config.output_dir, step, trainer.nets, trainer.optimizer, state, trainer.whole_networks)
     result.checkpoints.append(saved)
     write_run_card(saved, config, result.history[:step], steps_done=step, device=run.device, seed=config.seed)
     for removed in ckpt.prune_checkpoints(config.output_dir, config.checkpoints_total_limit):

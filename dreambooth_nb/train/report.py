@@ -92,14 +92,14 @@ def validation_prompts(config) -> list[str]:
     return prompts
 
 
-def validation_images(components, config, step: int, output_dir: Path) -> tuple[list, list[Path]]:
+def validation_images(make_pipeline, components, config, step: int, output_dir: Path) -> tuple[list, list[Path]]:
     """num_validation_images images of each validation prompt (seeds seed, seed+1, ...; 25 denoising steps as the
     reference, 10 under DREAMBOOTH_NB_FAST=1) saved under validation/step-N/ as p<prompt>-<image>.png."""
     from ..common import defaults
     from ..common.files import write_json_atomic
-    from ..sampling import generate, pipeline_from_components, save_images
+    from ..sampling import generate, save_images
 
-    pipe = pipeline_from_components(components, config.validation_scheduler)
+    pipe = make_pipeline(components, config.validation_scheduler)
     seed = defaults.SEED if config.seed is None else config.seed
     n = config.num_validation_images
     folder = output_dir / VALIDATION_DIR / f"step-{step}"

@@ -1,0 +1,118 @@
+"""Chapter 08: LoRA DreamBooth on the training engine; the adapter file, resume, and loading it back."""
+
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+from dreambooth_nb import train_lora as cli
+from dreambooth_nb.common import runtime
+from dreambooth_nb.common.config import LoraTrainConfig
+
+# mindone's examples/diffusers/dreambooth/train_dreambooth_lora.py: the flags it has that the full script lacks,
+# the full script's flags it lacks, and the defaults that differ.
+LORA_ONLY = {"lora_rank": 4, "validation_epochs": 50}
+NOT_IN_LORA = ("validation_steps", "validation_scheduler", "offset_noise", "snr_gamma", "set_grads_to_none",
+               "skip_save_text_encoder")
+LORA_DEFAULTS = {"learning_rate": 5e-4, "output_dir": "lora-dreambooth-model", **LORA_ONLY}
+TINY = "tiny-random"
+
+
+def test_every_reference_lora_flag_is_parsed_with_its_default():
+    from reference_flags import REFERENCE_DEFAULTS  # the full script's defaults, shared with test_cli
+
+    parser = cli.build_parser(LoraTrainConfig)
+    options = {o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    expected = (set(REFERENCE_DEFAULTS) - set(NOT_IN_LORA)) | set(LORA_ONLY)
+    assert expected <= options and not set(NOT_IN_LORA) & options
+    config, _ = cli.parse_config([], LoraTrainConfig, parser)
+    for name, value in {**REFERENCE_DEFAULTS, **LORA_DEFAULTS}.items():
+        if name not in NOT_IN_LORA:
+            assert getattr(config, name) == value, name
+    assert config.command().startswith("python -m dreambooth_nb.train_lora")
+
+
+def test_bad_lora_flags_stop_before_any_work(tmp_path, capsys):
+    assert cli.main(["--lora_rank=0", f"--output_dir={tmp_path / 'out'}"]) == 2
+    assert "--lora_rank=0 must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _config(output_dir, **changes) -> LoraTrainConfig:
+    settings = dict(pretrained_model_name_or_path=TINY, output_dir=str(output_dir), resolution=32, train_batch_size=1,
+                    max_train_steps=6, learning_rate=1e-2, lr_warmup_steps=0, seed=0, checkpointing_steps=2,
+                    report_to="none", lora_rank=2)
+    return LoraTrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A LoRA run that never stops, and one stopped after 3 steps then resumed; with the UNet weights before."""
+    from dreambooth_nb.lora import train_lora
+    from dreambooth_nb.models import load_components
+
+    runtime.setup(device="CPU", show=False)
+    root = tmp_path_factory.mktemp("lora")
+    full_components = load_components(TINY)
+    before = {k: p.asnumpy().copy() for k, p in full_components.unet.parameters_and_names()}
+    full = train_lora(_config(root / "full"), full_components, progress=False)
+    import dreambooth_nb as db
+
+    train_lora(_config(root / "stopped"), load_components(TINY), progress=False, on_step=db.stop_after(3))
+    resumed = train_lora(_config(root / "stopped", resume_from_checkpoint="latest"), load_components(TINY), progress=False)
+    return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
+
+
+@pytest.mark.slow
+def test_the_adapter_file_has_diffusers_names_and_only_adapters_trained(runs):
+    from safetensors.numpy import load_file
+
+    state = load_file(str(runs["root"] / "full" / "pytorch_lora_weights.safetensors"))
+    assert state and all("lora" in k and k.startswith("unet.") for k in state)
+    assert any(k.endswith(".to_q.lora.down.weight") for k in state) and any(".to_out.0.lora.up." in k for k in state)
+    after = {k: p.asnumpy() for k, p in runs["components"].unet.parameters_and_names()}
+    base = {k.replace(".base_layer", ""): v for k, v in after.items() if ".lora_" not in k}
+    for name, value in runs["before"].items():
+        np.testing.assert_array_equal(base[name], value, err_msg=f"{name} changed: the base must stay frozen")
+    assert (runs["root"] / "full" / "pytorch_lora_weights.safetensors").stat().st_size < 200_000
+    checkpoint = runs["root"] / "full" / "checkpoint-6"
+    assert (checkpoint / "trained.safetensors").is_file() and not (checkpoint / "unet").exists(), "adapters only"
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_lora_run_ends_with_the_same_adapters(runs):
+    from safetensors.numpy import load_file
+
+    full = load_file(str(runs["root"] / "full" / "pytorch_lora_weights.safetensors"))
+    resumed = load_file(str(runs["root"] / "stopped" / "pytorch_lora_weights.safetensors"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
+    assert runs["resumed"].resumed_from.name == "checkpoint-3"
+
+
+@pytest.mark.slow
+def test_mindone_loads_the_adapters_and_they_change_the_picture(runs):
+    import dreambooth_nb as db
+    from dreambooth_nb.lora import lora_pipeline, merge_adapters, unmerge_adapters
+
+    adapters = runs["root"] / "full"
+    base = db.load_pipeline(TINY)
+    plain = db.generate(base, ["a photo of a dog"], [1], num_inference_steps=4, batch_size=1)[0]
+    loaded = db.generate(lora_pipeline(TINY, adapters), ["a photo of a dog"], [1], num_inference_steps=4,
+                         batch_size=1)[0]
+    assert np.abs(np.asarray(plain, int) - np.asarray(loaded, int)).mean() > 0.5, "the adapters change the picture"
+    assert merge_adapters(base, adapters, 1.0) > 0
+    merged = db.generate(base, ["a photo of a dog"], [1], num_inference_steps=4, batch_size=1)[0]
+    assert np.abs(np.asarray(merged, int) - np.asarray(loaded, int)).max() <= 2, "merged weights = loaded adapters"
+    unmerge_adapters(base)
+    again = db.generate(base, ["a photo of a dog"], [1], num_inference_steps=4, batch_size=1)[0]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(plain))
+
+
+@pytest.mark.slow
+def test_the_run_card_and_settings_are_written(runs):
+    settings = json.loads((runs["root"] / "full" / "train_config.json").read_text())
+    assert settings["lora_rank"] == 2 and "hub_token" not in settings
+    assert (runs["root"] / "full" / "run_card.json").is_file()
+    assert {f.name for f in fields(LoraTrainConfig)} >= set(settings)

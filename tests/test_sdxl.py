@@ -1,0 +1,118 @@
+"""Chapter 09: SDXL's pieces, the derived toy SDXL, and DreamBooth LoRA on SDXL with the training engine."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dreambooth_nb import train_sdxl_lora as cli
+from dreambooth_nb.common import runtime
+from dreambooth_nb.common.config import SDXLLoraTrainConfig
+
+# mindone's examples/diffusers/dreambooth/train_dreambooth_lora_sdxl.py: every flag and its default
+SDXL_REFERENCE = {
+    "pretrained_vae_model_name_or_path": None, "revision": None, "variant": None, "dataset_name": None,
+    "dataset_config_name": None, "instance_data_dir": None, "cache_dir": None, "image_column": "image",
+    "caption_column": None, "repeats": 1, "class_data_dir": None, "instance_prompt": None, "class_prompt": None,
+    "validation_prompt": None, "num_validation_images": 4, "validation_epochs": 50, "do_edm_style_training": False,
+    "with_prior_preservation": False, "prior_loss_weight": 1.0, "num_class_images": 100,
+    "output_dir": "lora-dreambooth-model", "seed": None, "resolution": 1024, "center_crop": False,
+    "random_flip": False, "train_text_encoder": False, "train_batch_size": 4, "sample_batch_size": 4,
+    "num_train_epochs": 1, "max_train_steps": None, "checkpointing_steps": 500, "checkpoints_total_limit": None,
+    "resume_from_checkpoint": None, "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+    "learning_rate": 1e-4, "text_encoder_lr": 5e-6, "scale_lr": False, "lr_scheduler": "constant",
+    "lr_warmup_steps": 500, "lr_num_cycles": 1, "lr_power": 1.0, "snr_gamma": None, "dataloader_num_workers": 1,
+    "enable_mindspore_data_sink": False, "optimizer": "AdamW", "use_8bit_adam": False, "adam_beta1": 0.9,
+    "adam_beta2": 0.999, "prodigy_beta3": None, "prodigy_decouple": True, "adam_weight_decay": 1e-4,
+    "adam_weight_decay_text_encoder": 1e-3, "adam_epsilon": 1e-8, "prodigy_use_bias_correction": True,
+    "prodigy_safeguard_warmup": True, "max_grad_norm": 1.0, "push_to_hub": False, "hub_token": None,
+    "hub_model_id": None, "logging_dir": "logs", "allow_tf32": False, "report_to": "tensorboard",
+    "mixed_precision": None, "prior_generation_precision": None, "distributed": False,
+    "enable_xformers_memory_efficient_attention": False, "lora_rank": 4, "use_dora": False,
+}
+REQUIRED_THERE = {"pretrained_model_name_or_path", "instance_prompt", "instance_data_dir"}  # defaults here: the toy world
+
+
+def test_every_reference_sdxl_flag_is_parsed_with_its_default():
+    parser = cli.build_parser(SDXLLoraTrainConfig)
+    options = {o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"help", "device"}
+    assert options == set(SDXL_REFERENCE) | {"pretrained_model_name_or_path"}
+    config, _ = cli.parse_config([], SDXLLoraTrainConfig, parser)
+    for name, value in SDXL_REFERENCE.items():
+        if name not in REQUIRED_THERE:
+            assert getattr(config, name) == value, name
+    assert config.pretrained_model_name_or_path == "toy-world-xl"
+    again, _ = cli.parse_config(["--prodigy_decouple=false"], SDXLLoraTrainConfig, parser)
+    assert again.prodigy_decouple is False  # the reference's type=bool took "false" as True
+
+
+@pytest.mark.parametrize("flag, said", [
+    ("--dataset_name=someone/photos", "datasets library"), ("--caption_column=text", "datasets library"),
+    ("--optimizer=prodigy", "Prodigy is a PyTorch package"), ("--use_dora", "no DoRA"),
+    ("--use_8bit_adam", "not supported"), ("--allow_tf32", "not supported"),
+])
+def test_flags_that_cannot_work_stop_before_any_work(flag, said, tmp_path, capsys):
+    assert cli.main([flag, f"--output_dir={tmp_path / 'out'}"]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_edm_with_min_snr_is_refused_like_the_reference(tmp_path, capsys):
+    assert cli.main(["--do_edm_style_training", "--snr_gamma=5", f"--output_dir={tmp_path}"]) == 2
+    assert "--snr_gamma cannot be used with --do_edm_style_training" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_xl():
+    from dreambooth_nb.sdxl.toy import tiny_sdxl_path
+
+    runtime.setup(device="CPU", show=False)
+    return str(tiny_sdxl_path())
+
+
+def _config(output_dir, model, **changes) -> SDXLLoraTrainConfig:
+    settings = dict(pretrained_model_name_or_path=model, output_dir=str(output_dir), resolution=64,
+                    train_batch_size=1, max_train_steps=4, learning_rate=1e-2, text_encoder_lr=1e-2,
+                    lr_warmup_steps=0, seed=0, checkpointing_steps=2, report_to="none", lora_rank=2)
+    return SDXLLoraTrainConfig(**{**settings, **changes})
+
+
+@pytest.mark.slow
+def test_sdxl_lora_on_both_text_encoders_saves_reloads_and_resumes(tiny_xl, tmp_path):
+    import dreambooth_nb as db
+    from safetensors.numpy import load_file
+
+    from dreambooth_nb.sdxl.model import load_sdxl_components, load_sdxl_pipeline
+    from dreambooth_nb.sdxl.training import train_sdxl_lora
+
+    full = train_sdxl_lora(_config(tmp_path / "full", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
+                           progress=False)
+    state = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    prefixes = {k.split(".")[0] for k in state}
+    assert prefixes == {"unet", "text_encoder", "text_encoder_2"} and all("lora" in k for k in state)
+    assert len(full.history) == 4 and all(r["instance_loss"] > 0 for r in full.history)
+    train_sdxl_lora(_config(tmp_path / "stopped", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
+                    progress=False, on_step=db.stop_after(3))
+    train_sdxl_lora(_config(tmp_path / "stopped", tiny_xl, train_text_encoder=True, resume_from_checkpoint="latest"),
+                    load_sdxl_components(tiny_xl), progress=False)
+    again = load_file(str(tmp_path / "stopped" / "pytorch_lora_weights.safetensors"))
+    for key in state:
+        np.testing.assert_array_equal(again[key], state[key], err_msg=key)
+    base = db.generate(load_sdxl_pipeline(tiny_xl), ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
+    pipe = load_sdxl_pipeline(tiny_xl)
+    pipe.load_lora_weights(str(tmp_path / "full"))
+    tuned = db.generate(pipe, ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
+    assert np.abs(np.asarray(base, int) - np.asarray(tuned, int)).mean() > 0.5
+    assert json.loads((tmp_path / "full" / "train_config.json").read_text())["train_text_encoder"] is True
+
+
+@pytest.mark.slow
+def test_edm_style_training_runs_and_matches_the_plain_objective_for_epsilon_models(tiny_xl, tmp_path):
+    """With an epsilon model, (x0 error)^2 / sigma^2 equals the noise error^2: the two objectives give one loss."""
+    from dreambooth_nb.sdxl.model import load_sdxl_components
+    from dreambooth_nb.sdxl.training import train_sdxl_lora
+
+    plain = train_sdxl_lora(_config(tmp_path / "plain", tiny_xl, max_train_steps=2), load_sdxl_components(tiny_xl),
+                            progress=False)
+    edm = train_sdxl_lora(_config(tmp_path / "edm", tiny_xl, max_train_steps=2, do_edm_style_training=True),
+                          load_sdxl_components(tiny_xl), progress=False)
+    np.testing.assert_allclose(edm.losses(), plain.losses(), rtol=2e-3)
