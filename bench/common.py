@@ -15,6 +15,8 @@ INSTANCE_PROMPT = "a photo of sks star"  # the default subject on the default mo
 CLASS_PROMPT = "a photo of a star"
 STEADY_STEPS = 10
 WARMUP_STEPS = 2
+LORA_RANK = 4  # the reference's --lora_rank; alpha = rank, Gaussian init, on the UNet's attention projections
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def native_resolution(model: str) -> int:
@@ -80,9 +82,10 @@ def time_calls(call, repeats: int = 3) -> dict:
 
 
 def worker_args(argv=None) -> argparse.Namespace:
-    """The flags both workers take: which task, which model and photos, the batch, prior preservation, sampling steps."""
+    """The flags both workers take: which task (train: full fine-tuning step; lora: the same step training rank-4
+    adapters only; sample), which model and photos, the batch, prior preservation, sampling steps."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["train", "sample"])
+    parser.add_argument("task", choices=["train", "lora", "sample"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--photos")
     parser.add_argument("--batch", type=int, default=1)

@@ -1,39 +1,44 @@
-"""MindSpore side of the benchmarks: dreambooth_nb's compiled train step, or 25-step sampling.
+"""MindSpore side of the benchmarks: dreambooth_nb's compiled train step (full fine-tuning, or LoRA adapters), or
+25-step sampling.
 
-Run by bench/run.py with the project's venv: python bench/ms_worker.py train|sample --model DIR ...
+Run by bench/run.py with the project's venv: python bench/ms_worker.py train|lora|sample --model DIR ...
 """
 
 from __future__ import annotations
 
 import time
 
-from common import (CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise,
-                    time_calls, worker_args)
+from common import (CLASS_PROMPT, INSTANCE_PROMPT, LORA_RANK, STEADY_STEPS, WARMUP_STEPS, native_resolution, report,
+                    summarise, time_calls, worker_args)
 
 
-def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
+def bench_train(model: str, photos: str, batch: int, prior: bool, lora: bool = False) -> dict:
+    """Seconds of each engine step; with lora, the engine's LoRA method (rank-4 adapters, the base frozen)."""
     from dreambooth_nb.batches import BatchMaker, latent_shape, load_image_set
-    from dreambooth_nb.common.config import TrainConfig
+    from dreambooth_nb.common.config import LoraTrainConfig, TrainConfig
+    from dreambooth_nb.lora import LoraAdapters
     from dreambooth_nb.models import load_components
-    from dreambooth_nb.train.engine import build_trainer
+    from dreambooth_nb.train.engine import FullFineTuning, build_trainer
 
     size = native_resolution(model)
-    config = TrainConfig(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=size,
-                         train_batch_size=batch, learning_rate=1e-4, lr_warmup_steps=0, center_crop=True, seed=0,
-                         instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT)
+    settings = dict(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=size,
+                    train_batch_size=batch, learning_rate=1e-4, lr_warmup_steps=0, center_crop=True, seed=0,
+                    instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT)
+    config = LoraTrainConfig(**settings, lora_rank=LORA_RANK) if lora else TrainConfig(**settings)
     components = load_components(model)
     images = load_image_set(photos, config.instance_prompt, components.tokenizer, size)
     classes = load_image_set(photos, config.class_prompt, components.tokenizer, size) if prior else None
     config = config.replace(with_prior_preservation=prior, class_data_dir=photos if prior else None)
     steps = WARMUP_STEPS + STEADY_STEPS + 1
-    trainer = build_trainer(config, components, steps)
+    trainer = build_trainer(config, components, steps, method=LoraAdapters(LORA_RANK) if lora else FullFineTuning())
     make = BatchMaker(images, classes, config, latent_shape(components, size), 1000, 0)
     seconds = []
     for step in range(steps):
         start = time.perf_counter()
         trainer.run(make, step)  # the engine's own step: host batch, compiled graph, loss read back
         seconds.append(time.perf_counter() - start)
-    return summarise(seconds)
+    trained = sum(p.size for net in trainer.nets.values() for p in net.trainable_params())
+    return {**summarise(seconds), "trained_params": int(trained)}
 
 
 def bench_sample(model: str, steps: int) -> dict:
@@ -50,8 +55,8 @@ def main() -> None:
     import dreambooth_nb as db
 
     db.setup(device="CPU", show=False)
-    if args.task == "train":
-        result = bench_train(args.model, args.photos, args.batch, args.prior)
+    if args.task in ("train", "lora"):
+        result = bench_train(args.model, args.photos, args.batch, args.prior, lora=args.task == "lora")
     else:
         result = bench_sample(args.model, args.steps)
     report({"framework": "mindspore", **vars(args), **result})

@@ -1,6 +1,7 @@
 """Run the benchmarks side by side and print ratios: dreambooth_nb (MindSpore) vs diffusers (PyTorch) on CPU.
 
-    python bench/run.py --torch-python .venv-bench/bin/python            # train step + sampling
+    python bench/run.py --torch-python .venv-bench/bin/python            # train step, LoRA step, sampling
+    python bench/run.py --only lora --batches 1 2                        # LoRA step vs diffusers + PEFT
     python bench/run.py --only sample --repeats 3
 
 Every case runs each framework in its own fresh process, alternating which goes first, `--repeats` times,
@@ -38,7 +39,8 @@ def prepare(model: str) -> tuple[str, str, str]:
 
 
 def run_worker(python: str, worker: str, args: list[str]) -> dict:
-    env = {**os.environ, "GLOG_v": "3", "PYTHONUNBUFFERED": "1"}
+    # passive OpenMP waiting: with spinning threads PyTorch's steps jump to seconds whenever another process is busy
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "GLOG_v": "3", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([python, str(HERE / worker), *args], capture_output=True, text=True, env=env, cwd=HERE)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode or not lines:
@@ -48,11 +50,13 @@ def run_worker(python: str, worker: str, args: list[str]) -> dict:
 
 def cases(only: str, batches: list[int]) -> list[tuple[str, list[str]]]:
     out = []
-    if only in ("all", "train"):
+    for task, title in (("train", "train step"), ("lora", "LoRA step (rank 4)")):
+        if only not in ("all", task):
+            continue
         for batch in batches:
             for prior in (False, True):
-                name = f"train step, batch {batch}" + (" + prior" if prior else "")
-                out.append((name, ["train", "--batch", str(batch)] + (["--prior"] if prior else [])))
+                name = f"{title}, batch {batch}" + (" + prior" if prior else "")
+                out.append((name, [task, "--batch", str(batch)] + (["--prior"] if prior else [])))
     if only in ("all", "sample"):
         out.append(("sampling, 25 PNDM steps, 1 image", ["sample", "--steps", "25"]))
     return out
@@ -66,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     parser.add_argument("--model", default=None, help="model both sides load (default: dreambooth_nb's default)")
-    parser.add_argument("--only", choices=["all", "train", "sample"], default="all")
+    parser.add_argument("--only", choices=["all", "train", "lora", "sample"], default="all")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -88,6 +92,9 @@ def main() -> None:
             "ms_rss_mb": median(ms_runs, "peak_rss_mb"), "pt_rss_mb": median(pt_runs, "peak_rss_mb"),
         }
         row["ratio"] = round(row["ms_steady_s"] / row["pt_steady_s"], 2)
+        for side, runs in (("ms", ms_runs), ("pt", pt_runs)):  # the same count on both sides: the same step is timed
+            if "trained_params" in runs[0]:
+                row[f"{side}_trained_params"] = runs[0]["trained_params"]
         rows.append(row)
         print(format_row(row), flush=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1))
@@ -96,7 +103,7 @@ def main() -> None:
 
 
 def format_row(row: dict) -> str:
-    return (f"{row['case']:<36} mindspore {row['ms_steady_s']:.3f} s  pytorch {row['pt_steady_s']:.3f} s  "
+    return (f"{row['case']:<40} mindspore {row['ms_steady_s']:.3f} s  pytorch {row['pt_steady_s']:.3f} s  "
             f"ratio {row['ratio']:.2f}  (first: {row['ms_first_s']:.1f} s vs {row['pt_first_s']:.1f} s)")
 
 

@@ -1,6 +1,7 @@
-"""PyTorch side of the benchmarks: the same DreamBooth step and sampling with diffusers on CPU.
+"""PyTorch side of the benchmarks: the same DreamBooth step (full fine-tuning, or LoRA adapters through PEFT as
+diffusers' train_dreambooth_lora.py adds them) and sampling with diffusers on CPU.
 
-Run by bench/run.py with a venv holding torch==2.13.0 and diffusers (see bench/README.md).
+Run by bench/run.py with a venv holding torch==2.13.0, diffusers and peft (bench/requirements-torch.txt).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (CLASS_PROMPT, INSTANCE_PROMPT, STEADY_STEPS, WARMUP_STEPS, native_resolution, report, summarise,
-                    time_calls, worker_args)
+from common import (CLASS_PROMPT, INSTANCE_PROMPT, LORA_RANK, LORA_TARGETS, STEADY_STEPS, WARMUP_STEPS,
+                    native_resolution, report, summarise, time_calls, worker_args)
 
 
 def load_pixels(photos: str, size: int) -> np.ndarray:
@@ -29,7 +30,18 @@ def load_pixels(photos: str, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
+def trained_parameters(unet, lora: bool) -> list:
+    """The whole UNet, or (lora) rank-4 adapters on its attention projections with the base frozen."""
+    if lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian",
+                                    target_modules=list(LORA_TARGETS)))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def bench_train(model: str, photos: str, batch: int, prior: bool, lora: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -41,7 +53,8 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval().requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").train()
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    params = trained_parameters(unet, lora)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     pixels_all = torch.from_numpy(load_pixels(photos, native_resolution(model)))
 
     def ids(prompt: str, n: int):
@@ -71,12 +84,12 @@ def bench_train(model: str, photos: str, batch: int, prior: bool) -> dict:
         else:
             loss = F.mse_loss(pred, noise)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
         float(loss)
         seconds.append(time.perf_counter() - start)
-    return summarise(seconds)
+    return {**summarise(seconds), "trained_params": sum(p.numel() for p in params)}
 
 
 def bench_sample(model: str, steps: int) -> dict:
@@ -96,7 +109,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = bench_train(args.model, args.photos, args.batch, args.prior) if args.task == "train" else bench_sample(args.model, args.steps)
+    if args.task in ("train", "lora"):
+        result = bench_train(args.model, args.photos, args.batch, args.prior, lora=args.task == "lora")
+    else:
+        result = bench_sample(args.model, args.steps)
     report({"framework": "pytorch", **vars(args), **result})
 
 

@@ -2,7 +2,8 @@
 
 `python -m dreambooth_nb.export SOURCE --to diffusers-pt DEST` or `--to single-file DEST.safetensors`. The tensors
 are copied exactly; names, layout and the safetensors format tag change. SOURCE is a training --output_dir, any
-saved pipeline folder, or a single .safetensors file (--to diffusers-pt turns it back into a folder).
+saved pipeline folder, or a single .safetensors file (--to diffusers-pt turns it back into a folder). A LoRA run's
+adapter file needs no export: diffusers on PyTorch loads it as it is (the command says so and writes nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def export_model(source: str | os.PathLike, to: str, dest: str | os.PathLike, ba
                                 f"a .safetensors single file.")
     if to not in TARGETS:
         raise formats.FormatError(f"--to {to!r} is not a target: use one of {', '.join(TARGETS)}.")
+    if formats.detect_layout(source) == "lora":
+        raise formats.FormatError(
+            f"{source} holds a LoRA adapter, already one file ({formats.LORA_FILES[0]}) that diffusers on PyTorch "
+            f"loads as it is: pipe.load_lora_weights({str(source)!r}). Export the base model it was trained on "
+            f"instead.")
     if source.is_file():
         if to != "diffusers-pt":
             raise formats.FormatError(f"{source} is already a single file; export it --to diffusers-pt.")

@@ -422,8 +422,8 @@ def importable_model(path: str | os.PathLike, config: str | os.PathLike | None =
 
 
 LAYOUT_ADVICE = {
-    "lora": "{path} holds a LoRA adapter, not a whole model; LoRA adapters are not supported here yet. Pass the "
-            "base model it was trained on.",
+    "lora": "{path} holds a LoRA adapter, not a whole model: pass the base model it was trained on (its "
+            "train_config.json names it) and load the adapter with dreambooth_nb.lora.lora_pipeline(base, adapters).",
     "sdxl": "{path} is a Stable Diffusion XL pipeline; this package trains SD 1.x/2.x models for now. Pick an "
             "SD 1.x/2.x model such as stable-diffusion-v1-5/stable-diffusion-v1-5.",
     "pickle": "{path} is a PyTorch pickle, which mindone cannot read (and unpickling runs code). Convert it to "
