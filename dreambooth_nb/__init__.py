@@ -15,7 +15,9 @@ The package is built in floors, each importing only from the floors below it (te
     infer          chapter 05: the fine-tuned model, before and after
     toyworld/      chapter 06: the toy world's model, judge and experiments
     widgets        chapter 07: the playground panels
-    demo, this facade   on top
+    lora           chapter 08: LoRA DreamBooth, `python -m dreambooth_nb.train_lora`
+    sdxl/          chapter 09: Stable Diffusion XL, its toy model, `python -m dreambooth_nb.train_sdxl_lora`
+    demo, check, push, export, the command lines, this facade   on top
 """
 
 from __future__ import annotations
@@ -58,20 +60,32 @@ _EXPORTS = {
     "load_pipeline": "infer", "swap_weights": "infer", "compare_models": "infer", "trained_model": "infer",
     # 06
     "toy_samples": "toyworld.experiments", "toy_subject_images": "toyworld.experiments",
-    "toy_prompt_agreement": "toyworld.experiments", "toy_dreambooth_scores": "toyworld.experiments",
-    "score_table": "toyworld.experiments",
+    "toy_prompt_following": "toyworld.experiments", "toy_dreambooth_scores": "toyworld.experiments",
+    "train_toy": "toyworld.experiments", "payoff_figure": "toyworld.experiments",
+    "show_committed": "toyworld.experiments", "committed_table": "toyworld.experiments",
+    "class_scores": "toyworld.evaluate", "load_judge": "toyworld.judge",
     # 07
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",
+    # 08
+    "LoraTrainConfig": "common.config", "lora_config": "common.config", "train_lora_adapters": "lora:train_lora",
+    "adapter_config": "lora", "lora_pipeline": "lora", "adapter_file": "lora", "merge_adapters": "lora", "unmerge_adapters": "lora",
+    "strength_grid": "lora", "lora_size": "lora", "compare_methods": "lora", "full_config_of": "lora",
+    "rank_sweep": "lora", "lora_panels": "lora",
+    # 09
+    "load_sdxl_pipeline": "sdxl.model", "sdxl_prompt_embeddings": "sdxl.model", "micro_conditioning_grid": "sdxl.model",
+    "sdxl_lora_config": "common.config", "train_sdxl_adapters": "sdxl.training:train_sdxl_lora",
+    "sdxl_memory_estimate": "sdxl.memory:estimate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    where = _EXPORTS.get(name)
+    if where is None:
         raise AttributeError(f"module 'dreambooth_nb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    module, _, attribute = where.partition(":")  # "module:attribute" where the name would shadow a command line
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute or name)
     globals()[name] = value
     return value
 

@@ -19,17 +19,18 @@ import numpy as np
 from .common import defaults
 from .common.config import LoraTrainConfig
 from .common.files import write_text_atomic
+from .common.formats import LORA_FILES
 from .common.tables import Table
 from .models import Components
 from .train.engine import FullFineTuning, networks_to_train
 from .widgets import GeneratePanel, TrainPanel
 
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights / load_lora_weights use
+ADAPTER_FILE = LORA_FILES[0]  # the name diffusers' save_lora_weights / load_lora_weights use
 UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")  # as mindone's reference script
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def lora_config(rank: int, targets: tuple):
+def adapter_config(rank: int, targets: tuple):
     """mindone's LoraConfig: rank r, alpha = r (scale 1), Gaussian A and zero B (training starts at the base model)."""
     from mindone.diffusers._peft import LoraConfig
 
@@ -60,7 +61,7 @@ class LoraAdapters(FullFineTuning):
             for p in net.get_parameters():
                 p.requires_grad = False
             if not has_adapter(net):
-                net.add_adapter(lora_config(self.rank, UNET_TARGETS if name == "unet" else TEXT_TARGETS))
+                net.add_adapter(adapter_config(self.rank, UNET_TARGETS if name == "unet" else TEXT_TARGETS))
             for p in adapter_parameters(net):
                 p.requires_grad = True
         return nets
@@ -237,6 +238,116 @@ def lora_size(full_model: str | os.PathLike, adapters: str | os.PathLike) -> Lor
                     sum(f.stat().st_size for f in Path(full_model).rglob("*.safetensors")))
 
 
+# ------------------------------------------------------------------------------ full fine-tuning against LoRA
+def full_config_of(config: LoraTrainConfig) -> "TrainConfig":
+    """The same run as full fine-tuning (every shared setting kept), written beside the LoRA output."""
+    from .common.config import TrainConfig
+
+    full = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
+    return full.replace(output_dir=str(Path(config.output_dir).with_name("full")))
+
+
+@dataclass(repr=False)
+class MethodComparison(Table):
+    """Full fine-tuning and LoRA trained with the same settings, each by its command line in a fresh process,
+    judged on the same prompts and seeds."""
+
+    measures: dict  # method name -> {measure: value}
+    header = ("", "full fine-tuning", "LoRA")
+
+    ROWS = (("subject fidelity", "`a photo of sks star` judged the subject", "{:.0%}"),
+            ("recontext", "subject kept in a new context, context right", "{:.0%}"),
+            ("class kept", "`a photo of a star` stays a plain star", "{:.0%}"),
+            ("median_step_s", "seconds per step (median; CPU)", "{:.3f}"),
+            ("first_step_s", "first step (compiles)", "{:.1f} s"),
+            ("peak_rss_mb", "peak memory of the training process", "{:.0f} MB"),
+            ("trained", "weights trained", "{:,}"),
+            ("file_mb", "what you share", "{:.2f} MB"))
+
+    def rows(self) -> list[tuple]:
+        full, lora = self.measures["full"], self.measures["lora"]
+        return [(label, *(fmt.format(m[key]) if m.get(key) is not None else "-" for m in (full, lora)))
+                for key, label, fmt in self.ROWS]
+
+
+def folder_mb(folder: Path) -> float:
+    """Megabytes of the weight files in a folder."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors")) / 2**20
+
+
+def compare_methods(config: LoraTrainConfig, seed: int = 0) -> MethodComparison:
+    """Train full fine-tuning and LoRA with the same settings (each command in a fresh process, so step time and
+    memory are its own), then judge both on the toy world's prompts with the same seeds."""
+    from safetensors.numpy import load_file
+
+    from .common.assets import resolve_model
+    from .infer import load_pipeline, swap_weights
+    from .toyworld.experiments import toy_dreambooth_scores
+    from .train.cli import run_in_fresh_process
+
+    full = full_config_of(config)
+    measures = {"full": run_in_fresh_process(full), "lora": run_in_fresh_process(config)}
+    pipe = load_pipeline(config.pretrained_model_name_or_path)
+    merge_adapters(pipe, config.output_dir)
+    measures["lora"].update(toy_dreambooth_scores(pipe, seed))
+    unmerge_adapters(pipe)
+    swap_weights(pipe, full.output_dir)
+    measures["full"].update(toy_dreambooth_scores(pipe, seed))
+    swap_weights(pipe, resolve_model(config.pretrained_model_name_or_path))
+    unet = load_file(str(Path(full.output_dir) / "unet" / "diffusion_pytorch_model.safetensors"))
+    adapters = load_file(str(adapter_file(config.output_dir)))
+    measures["full"].update(trained=sum(int(v.size) for v in unet.values()), file_mb=folder_mb(full.output_dir))
+    measures["lora"].update(trained=sum(int(v.size) for v in adapters.values()),
+                            file_mb=adapter_file(config.output_dir).stat().st_size / 2**20)
+    return MethodComparison(measures)
+
+
+SAME_RUN = ("pretrained_model_name_or_path", "instance_prompt", "with_prior_preservation", "lora_rank",
+            "learning_rate", "max_train_steps", "train_batch_size", "seed")
+
+
+def finished_run_of(config: LoraTrainConfig) -> bool:
+    """True when config.output_dir holds the adapters of a finished run with this config's main settings."""
+    saved = Path(config.output_dir) / "train_config.json"
+    if not ((Path(config.output_dir) / ADAPTER_FILE).is_file() and saved.is_file()):
+        return False
+    settings = json.loads(saved.read_text(encoding="utf-8"))
+    return all(settings.get(k) == getattr(config, k) for k in SAME_RUN)
+
+
+def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), seed: int = 0) -> "RankSweep":
+    """LoRA at several ranks, same settings otherwise: judged scores and adapter size per rank. The run of
+    config.output_dir is reused for its own rank when it finished (compare_methods trained it)."""
+    from .infer import load_pipeline
+    from .toyworld.experiments import toy_dreambooth_scores
+
+    pipe, results = load_pipeline(config.pretrained_model_name_or_path), {}
+    for rank in ranks:
+        run = config.replace(lora_rank=rank, output_dir=str(Path(config.output_dir).with_name(f"rank-{rank}")))
+        if finished_run_of(config) and rank == config.lora_rank:
+            run = config
+        else:
+            train_lora(run, progress=False)
+        merge_adapters(pipe, run.output_dir)
+        scores = toy_dreambooth_scores(pipe, seed)
+        unmerge_adapters(pipe)
+        results[rank] = {k: scores[k] for k in RankSweep.SCORES}
+        results[rank]["file_kb"] = adapter_file(run.output_dir).stat().st_size / 2**10
+    return RankSweep(results)
+
+
+@dataclass(repr=False)
+class RankSweep(Table):
+    """Scores and adapter size per LoRA rank."""
+
+    results: dict  # rank -> {score: share, "file_kb": size}
+    SCORES = ("subject fidelity", "recontext", "class kept")
+    header = ("rank", *SCORES, "adapter file")
+
+    def rows(self) -> list[tuple]:
+        return [(rank, *(f"{r[k]:.0%}" for k in self.SCORES), f"{r['file_kb']:.0f} KB") for rank, r in self.results.items()]
+
+
 # ------------------------------------------------------------------------------ panels
 class LoraTrainPanel(TrainPanel):
     """Chapter 07's training panel with a LoRA switch (on: train rank-r adapters; off: full fine-tuning) and the rank."""
@@ -256,12 +367,9 @@ class LoraTrainPanel(TrainPanel):
         """LoRA adapters when the switch is on; full fine-tuning of the same settings (in output_dir/../full) when off."""
         if self.use_lora.value:
             return train_lora(config, components, progress=progress, on_step=self.on_step)
-        from .common.config import TrainConfig
         from .train import train_dreambooth
 
-        full = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
-        return train_dreambooth(full.replace(output_dir=str(Path(config.output_dir).with_name("full"))),
-                                components, progress=progress, on_step=self.on_step)
+        return train_dreambooth(full_config_of(config), components, progress=progress, on_step=self.on_step)
 
 
 class LoraGeneratePanel(GeneratePanel):

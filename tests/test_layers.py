@@ -27,7 +27,6 @@ FLOORS = (
     ("widgets",),  # 07
     ("lora",),  # 08
     ("sdxl",),  # 09
-    ("share",),  # sharing and export (run cards, hub, formats)
     ("demo", "check", "push", "export", "train_lora", "train_sdxl_lora", ""),  # command lines and the `db` facade
 )
 FLOOR_OF = {name: level for level, names in enumerate(FLOORS) for name in names}

@@ -110,7 +110,7 @@ def test_committed_weights_load_offline(monkeypatch):
 def test_judge_reads_every_attribute_of_fresh_pictures():
     """At least 98 % right on ground-truth renders, for every attribute a caption can name (issue target)."""
     scores = judge.accuracy(judge.load_judge(), n=600, seed=2024)
-    assert set(scores) == {"shape", "colour", "background", "size", "place", "subject"}
+    assert set(scores) == {"shape", "colour", "background", "size", "place", "pattern", "subject"}
     assert min(scores.values()) >= 0.98, scores
 
 
@@ -134,3 +134,64 @@ def test_subject_views_are_closer_to_the_subject_than_other_pictures():
     others, _, _ = scenes.dataset(20, seed=8)
     more_views = scenes.subject_images(5, seed=77)
     assert judge.similarity(more_views, references) > judge.similarity(others, references) + 0.1
+
+
+# ------------------------------------------------------------------ the scores of chapter 06, checked on ground truth
+from dreambooth_nb.toyworld import evaluate  # noqa: E402
+
+
+def test_new_contexts_are_prompts_the_subject_photos_never_show():
+    prompts = evaluate.subject_prompts()
+    assert prompts["subject"] == scenes.SUBJECT_PROMPT
+    assert prompts["small"] == "a photo of a small sks star"
+    assert prompts["on a red background"] == "a photo of sks star on a red background"
+    photos = scenes.subject_scenes(5)
+    for context in evaluate.NEW_CONTEXTS.values():
+        assert not any(context.get("background") == p.background for p in photos)
+        assert not any(p.place or p.size_word for p in photos)
+
+
+def test_a_correct_drawing_of_each_asked_context_scores_as_kept_and_right():
+    """The recontext score counts a picture as a success exactly when it is the subject in the asked context."""
+    j = judge.load_judge()
+    for label, context in evaluate.NEW_CONTEXTS.items():
+        asked = evaluate.subject_scene(**context)
+        verdict = j.read([scenes.draw(asked)])[0]
+        assert verdict.agrees(asked) == {k: True for k in verdict.agrees(asked)}, label
+        assert set(verdict.agrees(asked)) >= {"shape", "subject"}
+        plain = j.read([scenes.draw(replace(asked, pattern="", colour="red" if context.get("background") != "red" else "blue"))])[0]
+        assert not plain.agrees(asked)["subject"], label
+
+
+def test_class_scores_count_stripes_as_drift_and_measure_colour_diversity():
+    j = judge.load_judge()
+    stars = [scenes.draw(s) for s in scenes.scenes(30, seed=5, shape="star")]
+    subject = scenes.subject_images(10)
+    clean = evaluate.class_scores(j.read(stars))
+    assert clean["class kept"] == 1.0 and clean["class drift"] == 0.0
+    assert 2.0 < clean["class colours (bits)"] <= np.log2(len(scenes.COLOURS)) + 1e-9
+    drifted = evaluate.class_scores(j.read(stars[:10] + subject))
+    assert drifted["class drift"] == 0.5 and drifted["class kept"] == 0.5
+    one_colour = evaluate.class_scores(j.read([scenes.draw(replace(s, colour="red", background="white"))
+                                                for s in scenes.scenes(8, seed=2, shape="star")]))
+    assert one_colour["class colours (bits)"] == 0.0
+
+
+def test_spread_is_mean_and_sample_standard_deviation_over_seeds():
+    spreads = evaluate.over_seeds([{"a": 0.5, "images": []}, {"a": 0.7}, {"a": 0.9}])
+    assert set(spreads) == {"a"}
+    assert spreads["a"].mean == pytest.approx(0.7) and spreads["a"].sd == pytest.approx(0.2)
+    assert str(spreads["a"]) == "70 ± 20 %"
+    assert evaluate.Spread((2.5, 2.5)).text(percent=False) == "2.50 ± 0.00"
+
+
+def test_readme_shows_the_committed_experiment_results():
+    """The README's toy-world table is the committed output of `python -m dreambooth_nb.toyworld.experiments`."""
+    from pathlib import Path
+
+    from dreambooth_nb.toyworld.experiments import committed_table, results_dir
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for line in str(committed_table()).splitlines():
+        assert line in readme, line
+    assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()

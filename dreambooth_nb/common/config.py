@@ -509,3 +509,18 @@ def lora_config(**changes) -> LoraTrainConfig:
 def lora_playground_config(**changes) -> LoraTrainConfig:
     """The LoRA panels' documented run: chapter 08's without prior, shortened by the test profile."""
     return apply_test_profile(lora_config(with_prior_preservation=False, output_dir=str(LORA_DIR / "panel"))).replace(**changes)
+
+
+XL_DIR = Path("outputs") / "09-sdxl"
+
+
+def sdxl_lora_config(**changes) -> SDXLLoraTrainConfig:
+    """Chapter 09's run: chapter 08's LoRA recipe on the toy-world SDXL (its own class images, 32 px)."""
+    from . import scenes
+
+    lora = lora_config(output_dir=str(XL_DIR / "adapters"))
+    settings = {f.name: getattr(lora, f.name) for f in fields(LoraTrainConfig)}
+    settings.update(pretrained_model_name_or_path=defaults.TOY_XL_MODEL, resolution=scenes.SIZE,
+                    class_data_dir=class_images_dir(defaults.TOY_XL_MODEL, scenes.SUBJECT_CLASS_PROMPT),
+                    adam_weight_decay=lora.adam_weight_decay)
+    return SDXLLoraTrainConfig(**{**settings, **changes})

@@ -68,6 +68,16 @@ def installed_version(package: str) -> str:
         return "not installed"
 
 
+def peak_rss_mb() -> float | None:
+    """The most resident memory this process has used so far, in MB (None where the OS does not tell)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KB on Linux
+
+
 def launched_by_launcher() -> bool:
     """True inside a worker that msrun (or a rank table / mpirun) started."""
     return any(os.environ.get(name) for name in LAUNCHER_ENV)

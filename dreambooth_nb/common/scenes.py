@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-VERSION = 2  # bumped when the pictures change (cached photos and class images are made again)
+VERSION = 3  # bumped when the pictures change (cached photos and class images are made again)
 SIZE = 32  # pixels per side of every toy-world picture
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = {
@@ -105,24 +105,26 @@ def draw(scene: Scene, size: int = SIZE) -> Image.Image:
     pts = polygon(scene.shape, scene.x * k, scene.y * k, scene.radius * k, scene.angle)
     ImageDraw.Draw(image).polygon(pts, fill=COLOURS[scene.colour])
     if scene.pattern.startswith("stripes:"):
-        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]],
-                            period=round(stripe_period(scene.radius) * k), angle=scene.angle)
+        image = add_stripes(image, pts, COLOURS[scene.pattern.split(":")[1]], period=round(stripe_period(scene.radius) * k),
+                            angle=scene.angle, centre=(scene.x * k, scene.y * k))
     return image.resize((size, size), Image.LANCZOS)
 
 
 def stripe_period(radius: float) -> int:
-    """Pixels from one stripe to the next on a patterned shape: about 4 stripes across it, each at least 3 px wide
-    (narrower stripes would fall between the 2x2-pixel cells of the VAE's latents)."""
-    return max(6, round(radius * 0.8))
+    """Pixels from one stripe to the next on a patterned shape: about 4 stripes across it, each at least 4 px wide
+    (narrower ones are lost in the 2x2-pixel cells of the VAE's latents)."""
+    return max(8, round(radius * 0.8))
 
 
-def add_stripes(image: Image.Image, pts, colour: tuple, period: int, angle: float = 0.0) -> Image.Image:
-    """Paint stripes of `colour` inside the polygon `pts`, turned with the shape by `angle` radians."""
+def add_stripes(image: Image.Image, pts, colour: tuple, period: int, angle: float = 0.0,
+                centre: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+    """Paint stripes of `colour` inside the polygon `pts`, turned with the shape by `angle` radians; one stripe edge
+    runs through the shape's centre, so even a small shape shows both colours."""
     mask = Image.new("L", image.size, 0)
     ImageDraw.Draw(mask).polygon(pts, fill=255)
     n = image.size[1]
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    across = -xx * math.sin(angle) + yy * math.cos(angle)  # distance along the shape's own vertical axis
+    across = -(xx - centre[0]) * math.sin(angle) + (yy - centre[1]) * math.cos(angle)  # along the shape's vertical axis
     stripes = ((across // (period / 2)) % 2 == 1).astype(np.uint8) * 255
     both = Image.fromarray(np.minimum(np.asarray(mask), stripes))
     image.paste(Image.new("RGB", image.size, colour), (0, 0), both)
@@ -170,6 +172,19 @@ def scenes(n: int, seed: int = 0, **fixed) -> list[Scene]:
     return [random_scene(rng, **fixed) for _ in range(n)]
 
 
+def with_random_stripes(made: list[Scene], share: float, seed: int) -> list[Scene]:
+    """The scenes, a `share` of them striped in another palette colour (as a DreamBooth subject can be): pictures for
+    what must read or encode any object (the judge, the VAE), never for the captioned data."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in made:
+        if rng.random() < share:
+            other = [c for c in COLOURS if c not in (s.colour, s.background)]
+            s = replace(s, pattern=f"stripes:{rng.choice(other)}")
+        out.append(s)
+    return out
+
+
 def dataset(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, list[str], list[Scene]]:
     """(n, size, size, 3) uint8 pictures, their captions and scenes; deterministic from the seed."""
     made = scenes(n, seed)
@@ -179,6 +194,7 @@ def dataset(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, list[s
 
 # ------------------------------------------------------------------ the DreamBooth subject
 SUBJECT = dict(shape="star", colour="purple", pattern="stripes:yellow")
+SUBJECT_COLOURS = ("purple", "yellow")  # its body and its stripes
 IDENTIFIER = "sks"
 SUBJECT_PROMPT = prompt(IDENTIFIER, "star")  # "a photo of sks star"
 SUBJECT_CLASS_PROMPT = prompt("", "star")  # "a photo of a star"

@@ -86,6 +86,39 @@ def encode_prompts(components: SDXLComponents, ids_1, ids_2):
     return ops.cat([first[-1][-2], second[-1][-2]], axis=-1), second[0]
 
 
+def sdxl_prompt_embeddings(pipe, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """What SDXL's UNet is given for a prompt: the per-token context (1, L, d1 + d2) for cross-attention and the
+    pooled vector (1, projection_dim) that is added to the time embedding, as numpy arrays."""
+    from ..models import tokenize_with_mask
+
+    ids_1, _ = tokenize_with_mask(pipe.tokenizer, [prompt])
+    ids_2, _ = tokenize_with_mask(pipe.tokenizer_2, [prompt])
+    import mindspore as ms
+
+    context, pooled = encode_prompts(pipe, ms.Tensor(ids_1), ms.Tensor(ids_2))  # the pipeline holds both encoders
+    return context.asnumpy(), pooled.asnumpy()
+
+
 def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> np.ndarray:
     """SDXL's micro-conditioning of one picture: (original h, w, crop top, left, target h, w) as float32."""
     return np.array([*original_size, *crop_top_left, *target_size], dtype=np.float32)
+
+
+def micro_conditioning_grid(pipe, prompt: str, seed: int = defaults.SEED, originals=(16, 32, 64),
+                            crops=((0, 0), (0, 8), (8, 0)), steps: int | None = None):
+    """The same prompt and seed with only SDXL's time ids changed: one row per original size (the size a training
+    picture had before it was resized), one column per crop's top-left corner. Returns the figure."""
+    from ..common.viz import show_images
+    from ..sampling import default_guidance, default_size
+
+    size = default_size(pipe)
+    images, titles = [], []
+    for original in originals:
+        for top, left in crops:
+            out = pipe(prompt, original_size=(original, original), crops_coords_top_left=(top, left),
+                       target_size=(size, size), height=size, width=size, guidance_scale=default_guidance(pipe),
+                       num_inference_steps=steps or defaults.inference_steps(),
+                       generator=np.random.default_rng(seed), output_type="pil")
+            images.append(out[0][0])
+            titles.append(f"original {original} px\ncrop at ({top}, {left})")
+    return show_images(images, titles=titles, ncols=len(crops), scale=1.5, suptitle=prompt)

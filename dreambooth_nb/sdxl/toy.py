@@ -69,8 +69,9 @@ def widen_cross_attention(unet, sd_weights: dict) -> None:
             param.set_data(ms.Tensor(np.zeros(param.shape, np.float32), dtype=param.dtype))
 
 
-def derive_from_sd(sd_model: str) -> SDXLComponents:
-    """An SDXL of the SD model's size and knowledge (see the module's docstring)."""
+def derive_from_sd(sd_model: str, keep_weights: bool = True) -> SDXLComponents:
+    """An SDXL of the SD model's size and knowledge (see the module's docstring). keep_weights=False: the same
+    architecture freshly initialised (the SD model's VAE and tokenizer kept), to measure what deriving saves."""
     from transformers import CLIPTextConfig
 
     diffusers = import_quietly("mindone.diffusers")
@@ -79,14 +80,17 @@ def derive_from_sd(sd_model: str) -> SDXLComponents:
     weights = {n: p.asnumpy() for n, p in sd.unet.parameters_and_names()}
     width = sd.text_encoder.config.hidden_size
     unet = diffusers.UNet2DConditionModel(**sdxl_unet_config(dict(sd.unet.config), width))
-    copy_matching(unet, weights)
-    widen_cross_attention(unet, weights)
     text_config = CLIPTextConfig(**{**sd.text_encoder.config.to_dict(), "projection_dim": width})
     second = transformers.CLIPTextModelWithProjection(text_config)
-    copy_matching(second, {n: p.asnumpy() for n, p in sd.text_encoder.parameters_and_names()})
-    import mindspore as ms
+    if keep_weights:
+        import mindspore as ms
 
-    second.text_projection.weight.set_data(ms.Tensor(np.eye(width, dtype=np.float32)))
+        copy_matching(unet, weights)
+        widen_cross_attention(unet, weights)
+        copy_matching(second, {n: p.asnumpy() for n, p in sd.text_encoder.parameters_and_names()})
+        second.text_projection.weight.set_data(ms.Tensor(np.eye(width, dtype=np.float32)))
+    else:
+        sd.text_encoder = transformers.CLIPTextModel(sd.text_encoder.config)
     scheduler = diffusers.EulerDiscreteScheduler.from_config(sd.noise_scheduler.config)
     return SDXLComponents(sd.tokenizer, sd.text_encoder, sd.vae, unet, diffusers.DDPMScheduler.from_config(
         sd.noise_scheduler.config), sd_model, type(scheduler).__name__, sd.tokenizer, second)
@@ -173,7 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--drop", type=float, default=0.1, help="Share of dropped captions (classifier-free guidance).")
     p.add_argument("--snr_gamma", type=float, default=5.0)
+    p.add_argument("--from_scratch", action="store_true", help="Fresh weights instead of the SD model's (to compare).")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld/xl.")
+    p.add_argument("--scratch_run", default=None, help="With --install: the --out of a --from_scratch run to compare.")
     return p.parse_args(argv)
 
 
@@ -188,7 +194,7 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall = time.time()
-    components = derive_from_sd(args.from_model)
+    components = derive_from_sd(args.from_model, keep_weights=not args.from_scratch)
     images, ids, captions = conditioned_dataset(args.images, args.seed)
     latents = encode_latents(components.vae, images) * float(components.vae.config.scaling_factor)
     log = train_further(components, latents, ids, tokenize_with_mask(components.tokenizer, captions), args, out)
@@ -199,13 +205,17 @@ def main(argv=None) -> Path:
     write_json_atomic(out / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
     if args.install:
-        install(out)
+        install(out, args.scratch_run)
     return out
 
 
-def install(out: Path) -> Path:
-    """Copy the model and its summary into the package's assets (toyworld/xl) and write its card."""
+def install(out: Path, compared: str | None = None) -> Path:
+    """Copy the model and its summary into the package's assets (toyworld/xl), measure how well it follows prompts
+    next to the SD toy model (same judge, prompts and seeds), and write its card. `compared`: the folder of a
+    --from_scratch run, whose summary (and agreement at its steps) goes into the card too."""
     from ..common.assets import toy_world_dir
+    from ..toyworld.evaluate import prompt_following_table
+    from .model import load_sdxl_pipeline
 
     target = toy_world_dir() / "xl"
     shutil.rmtree(target / "model", ignore_errors=True)
@@ -214,12 +224,60 @@ def install(out: Path) -> Path:
         settings = json.loads(config.read_text())
         settings.pop("_name_or_path", None)
         config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    shutil.copy2(out / "summary.json", target / "summary.json")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["evaluation"] = str(prompt_following_table(pipe=load_sdxl_pipeline(str(target / "model"))))
+    if compared:
+        other = json.loads((Path(compared) / "summary.json").read_text())
+        other["evaluation"] = str(prompt_following_table(pipe=load_sdxl_pipeline(str(Path(compared) / "model")),
+                                                         seeds=(0,)))
+        summary["from_scratch"] = other
+    write_json_atomic(target / "summary.json", summary)
+    (target / "MODEL_CARD.md").write_text(xl_model_card(summary, target / "model"), encoding="utf-8")
     return target
 
 
-if __name__ == "__main__":
-    main()
+def xl_model_card(summary: dict, model: Path) -> str:
+    """MODEL_CARD.md of the toy-world SDXL."""
+    from ..toyworld.card import parameters, read_config
+
+    a, unet = summary["args"], read_config(model, "unet")
+    flags = " ".join(f"--{k}={v}" for k, v in a.items() if k not in ("out", "install", "from_scratch") and v is not None)
+    scratch = summary.get("from_scratch")
+    compared = (f"""
+## Deriving against training from scratch
+The same architecture freshly initialised (`--from_scratch`, {scratch['args']['steps']} steps, same data and settings,
+{scratch['seconds'] / 60:.0f} min) follows prompts as below (one seed), against the derived model's table above:
+
+{scratch['evaluation']}
+""" if scratch else "")
+    return f"""# toy-world-xl: a small Stable Diffusion XL of coloured shapes
+
+The toy world's SDXL: `StableDiffusionXLPipeline` layout (two text encoders, `CLIPTextModel` and
+`CLIPTextModelWithProjection`, whose pooled output conditions the UNet with the micro-conditioning time ids through
+`addition_embed_type="text_time"`). Chapter 09 and `python -m dreambooth_nb.train_sdxl_lora` use it. Load it with
+`db.load_sdxl_pipeline()` or `StableDiffusionXLPipeline.from_pretrained(<this folder>/model)`.
+
+## How it was made
+Derived from the toy-world SD model (`dreambooth_nb.sdxl.toy.derive_from_sd`): every UNet weight SDXL shares with SD
+copied; the cross-attention keys and values read both encoders' features side by side ({unet['cross_attention_dim']}
+wide; the second encoder's half starts at zero); the text-time embedding starts at zero; the second text encoder is
+a copy of the first with an identity projection. Then trained further on {a['images']} toy pictures drawn at a random
+original size ({", ".join(map(str, ORIGINAL_SIZES))} px) and resized to {scenes.SIZE} px, half of them cut from a
+{scenes.SIZE + CROP_MARGIN} px resize at a random place, each with its time ids (original size, crop top-left, target
+size): {a['steps']} AdamW steps, batch {a['batch']}, lr {a['lr']}, Min-SNR gamma {a['snr_gamma']}, {a['drop']:.0%} of the
+captions dropped. UNet {parameters(model, 'unet'):,} weights; text encoders {parameters(model, 'text_encoder'):,} +
+{parameters(model, 'text_encoder_2'):,}. Final loss {summary['loss']:.4f}; {summary['seconds'] / 60:.0f} min on a shared
+2-core CPU, MindSpore {summary['versions']['mindspore']}, mindone {summary['versions']['mindone']}.
+
+## How well it follows prompts
+{summary['evaluation']}
+{compared}
+## Reproduce
+```
+python -m dreambooth_nb.sdxl.toy --out {a['out']} {flags} --install
+```
+The stage checkpoints as it goes and resumes when the command is run again with the same `--out`.
+"""
 
 
 def tiny_sdxl_path() -> Path:
@@ -235,3 +293,7 @@ def tiny_sdxl_path() -> Path:
         sdxl_pipeline(derive_from_sd(defaults.TINY_MODEL)).save_pretrained(str(staging))
         replace_dir(staging, path)
     return path
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ from mindspore import ops
 from ..batches import BatchMaker, ImageSet, latent_shape
 from ..common.config import SDXLLoraTrainConfig
 from ..data import crop_with_corner, normalize
-from ..lora import LoraAdapters, TEXT_TARGETS, adapter_parameters, adapter_state, has_adapter, lora_config
+from ..lora import LoraAdapters, TEXT_TARGETS, adapter_parameters, adapter_config, adapter_state, has_adapter
 from ..losses import DreamBoothLoss, dreambooth_loss
 from ..models import alphas_cumprod, tokenize_with_mask
 from .model import SDXLComponents, encode_prompts, load_sdxl_components, sdxl_pipeline, time_ids
@@ -141,7 +141,7 @@ class SDXLLoraAdapters(LoraAdapters):
             for p in net.get_parameters():
                 p.requires_grad = False
             if not has_adapter(net):
-                net.add_adapter(lora_config(self.rank, SDXL_UNET_TARGETS if name == "unet" else TEXT_TARGETS))
+                net.add_adapter(adapter_config(self.rank, SDXL_UNET_TARGETS if name == "unet" else TEXT_TARGETS))
             for p in adapter_parameters(net):
                 p.requires_grad = True
                 if name == "text_encoder_2" and not p.name.startswith(name):

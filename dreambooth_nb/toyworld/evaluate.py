@@ -1,91 +1,217 @@
-"""Score toy-world samples with the judge: prompt agreement, subject fidelity, class preservation.
+"""Score toy-world samples with the judge: does a model follow its prompts, keep the subject in new contexts,
+and keep the meaning of the class word? Every score is a share of judged pictures; over several seeds it is
+reported as mean +- spread (the standard deviation over seeds).
 
-    python -m dreambooth_nb.toyworld.evaluate [--model toy-world] [--per_prompt 4]
+    python -m dreambooth_nb.toyworld.evaluate [--model toy-world] [--seeds 0 1 2] [--n 100]
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..common import defaults, scenes
+from ..common.tables import Table
 from . import judge as judging
 
 MODEL = defaults.TOY_MODEL
+SEEDS = (0, 1, 2)
+FRESH = 10_000  # evaluation captions come from seeds FRESH + seed: never the pretraining data's
+NOTHING_SAID = {"colour": 0.0, "size": 0.0, "place": 0.0, "background": 0.0}
+# contexts none of the subject's photos shows (scenes.subject_scenes): DreamBooth's "recontextualisation"
+NEW_CONTEXTS = {"on a red background": dict(background="red"), "on an orange background": dict(background="orange"),
+                "small": dict(size_word="small"), "on the left": dict(place="left"), "at the top": dict(place="top")}
 
 
-def prompt_pairs() -> list[tuple[str, str]]:
-    """Every (colour, shape) pair of the toy world."""
-    return [(c, s) for s in scenes.SHAPES for c in scenes.COLOURS]
+@dataclass(frozen=True)
+class Spread:
+    """One score measured over several seeds: its values, mean and standard deviation."""
+
+    values: tuple
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    def text(self, percent: bool = True) -> str:
+        """'92 +- 3 %' (a share) or '2.41 +- 0.05' (another number)."""
+        if percent:
+            return f"{100 * self.mean:.0f} ± {100 * self.sd:.0f} %"
+        return f"{self.mean:.2f} ± {self.sd:.2f}"
+
+    def __str__(self) -> str:
+        return self.text()
 
 
-def sample(pipe, prompts: list[str], seed: int = defaults.SEED, steps: int = 20, guidance: float = defaults.TOY_GUIDANCE,
-           batch_size: int = defaults.SAMPLE_BATCH):
-    """Images for the prompts with seeds seed, seed+1, ... (generate keeps every batch the same size)."""
+def over_seeds(runs: list[dict]) -> dict[str, Spread]:
+    """{score: Spread} from one {score: value} dict per seed (numbers only; pictures and lists are left out)."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    return {k: Spread(tuple(float(r[k]) for r in runs)) for k in keys}
+
+
+def sample(pipe, prompts: list[str], seed: int = defaults.SEED, steps: int | None = None,
+           guidance: float = defaults.TOY_GUIDANCE, batch_size: int = 8):
+    """Images for the prompts with seeds seed, seed+1, ... (steps: 25, or 10 under the test profile; generate keeps
+    every batch the same size)."""
     from ..sampling import generate
 
     return generate(pipe, list(prompts), list(range(seed, seed + len(prompts))), num_inference_steps=steps,
                     guidance_scale=guidance, batch_size=batch_size)
 
 
-def prompt_agreement(pipe, judge=None, per_prompt: int = 4, **sampling) -> dict:
-    """For 'a photo of a {colour} {shape}' prompts: how often the judge finds that shape and that colour."""
+def read(pipe, asked: list[scenes.Scene], seed: int, name: str | None = None, judge=None, **sampling):
+    """(verdicts, images) for pictures drawn from the scenes' captions (`name` replaces the colour word)."""
     judge = judge or judging.load_judge()
-    pairs = [p for p in prompt_pairs() for _ in range(per_prompt)]
-    images = sample(pipe, [scenes.prompt(c, s) for c, s in pairs], **sampling)
-    shapes, colours = judge.shapes(images), judge.colours(images)
-    shape_ok = np.array([s == p[1] for s, p in zip(shapes, pairs)])
-    colour_ok = np.array([c == p[0] for c, p in zip(colours, pairs)])
-    return {"images": len(images), "shape": float(shape_ok.mean()), "colour": float(colour_ok.mean()),
-            "both": float((shape_ok & colour_ok).mean()), "samples": images, "pairs": pairs}
+    images = sample(pipe, [s.caption(name) for s in asked], seed=seed, **sampling)
+    return judge.read(images), images
 
 
-def subject_likeness(images, references, threshold: float = 0.9) -> float:
-    """Share of images whose judge-feature similarity to some reference photo is above `threshold`."""
-    a, b = judging.features(images), judging.features(references)
-    return float(((a @ b.T).max(1) > threshold).mean())
+def fresh_scenes(n: int, seed: int = 0, **fixed) -> list[scenes.Scene]:
+    """n random scenes the pretraining never drew (same generator, other seeds)."""
+    return scenes.scenes(n, seed=FRESH + seed, **fixed)
 
 
-def dreambooth_scores(pipe, instance_images, judge=None, n: int = 20, **sampling) -> dict:
-    """Subject fidelity of 'a photo of sks star' and class preservation of 'a photo of a star' samples."""
+def colourless_scenes(per_shape: int, seed: int = 0) -> list[scenes.Scene]:
+    """Scenes captioned 'a photo of a <shape>' and nothing else, per_shape of each shape."""
+    return [s for shape in scenes.SHAPES for s in fresh_scenes(per_shape, seed, shape=shape, say=NOTHING_SAID)]
+
+
+def prompt_following(pipe, seed: int = 0, n: int = 100, per_shape: int = 8, judge=None, **sampling) -> dict:
+    """How often the model draws what fresh captions name: shape, colour, background, size, place, each over the
+    captions that name it; 'shape alone' over captions that name only the shape ('a photo of a star')."""
     judge = judge or judging.load_judge()
-    subject = sample(pipe, [scenes.SUBJECT_PROMPT] * n, **sampling)
-    classes = sample(pipe, [scenes.SUBJECT_CLASS_PROMPT] * n, seed=1000, **sampling)
-    class_colours = Counter(judge.colours(classes))
-    return {
-        "subject similarity": judging.similarity(subject, instance_images),
-        "subject is a star": float(np.mean([s == "star" for s in judge.shapes(subject)])),
-        "class is a star": float(np.mean([s == "star" for s in judge.shapes(classes)])),
-        "class colours": len([c for c in class_colours if c != "none"]),
-        "class similarity": judging.similarity(classes, instance_images),
-        "class like subject": subject_likeness(classes, instance_images),
-        "subject_images": subject, "class_images": classes,
-    }
+    asked = fresh_scenes(n, seed)
+    verdicts, images = read(pipe, asked, 100_000 * seed, judge=judge, **sampling)
+    scores = judging.agreement(verdicts, asked)
+    plain = colourless_scenes(per_shape, seed)
+    plain_verdicts, plain_images = read(pipe, plain, 100_000 * seed + 50_000, judge=judge, **sampling)
+    scores["shape alone"] = float(np.mean([v.shape == s.shape for v, s in zip(plain_verdicts, plain)]))
+    return {**scores, "images": images, "captions": [s.caption() for s in asked], "verdicts": verdicts,
+            "shape alone images": plain_images}
 
 
-def main(argv=None) -> dict:
-    """Print the judge's agreement with the prompts for a model."""
-    p = argparse.ArgumentParser(prog="python -m dreambooth_nb.toyworld.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=MODEL, help="Embedded name or a folder in diffusers layout.")
-    p.add_argument("--per_prompt", type=int, default=4, help="Images per (colour, shape) prompt.")
-    p.add_argument("--steps", type=int, default=20, help="Sampling steps (DPM-Solver++).")
-    p.add_argument("--guidance", type=float, default=defaults.TOY_GUIDANCE, help="Classifier-free guidance scale.")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    from ..common import runtime
+PLACED_CENTRES = {"left": (8.0, 16.0), "right": (24.0, 16.0), "top": (16.0, 8.0), "bottom": (16.0, 24.0), "": (16.0, 16.0)}
+
+
+def subject_scene(**context) -> scenes.Scene:
+    """What `a photo of sks star[ <context>]` asks for: the subject, in a context when one is given. Drawn with
+    scenes.draw it is a correct answer (the tests judge such drawings)."""
+    background, size_word, place = context.get("background", ""), context.get("size_word", ""), context.get("place", "")
+    radius = 5.5 if size_word == "small" else 8.0 if place else 10.0
+    x, y = PLACED_CENTRES[place]
+    base = scenes.Scene("star", "", background or "white", radius, x, y, size_word=size_word, place=place,
+                        say_background=bool(background))
+    return scenes.as_subject(base)
+
+
+def subject_prompts() -> dict[str, str]:
+    """{label: prompt} for the subject alone and in each new context."""
+    asked = {"subject": subject_scene(), **{label: subject_scene(**c) for label, c in NEW_CONTEXTS.items()}}
+    return {label: s.caption(scenes.IDENTIFIER) for label, s in asked.items()}
+
+
+def class_scene() -> scenes.Scene:
+    """What the class prompt `a photo of a star` asks for: a star, any colour, anywhere."""
+    return scenes.Scene(scenes.SUBJECT["shape"], "", "white", 10.0, scenes.SIZE / 2, scenes.SIZE / 2, say_colour=False)
+
+
+def striped(verdict: judging.Verdict) -> bool:
+    """The class never has stripes in the toy world: a striped picture took them from the subject."""
+    return verdict.pattern != "plain"
+
+
+def colour_entropy(verdicts: list[judging.Verdict]) -> float:
+    """Colour diversity in bits: the entropy of the judged colours (log2 6 = 2.58 when all six are equally common)."""
+    counts = np.array([c for colour, c in Counter(v.colour for v in verdicts).items() if colour != "none"], float)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def class_scores(verdicts: list[judging.Verdict]) -> dict[str, float]:
+    """For samples of the class prompt: a plain class member (a star without stripes), drift toward the subject
+    (stripes), and colour diversity."""
+    return {"class kept": float(np.mean([v.shape == "star" and not striped(v) for v in verdicts])),
+            "class drift": float(np.mean([striped(v) or v.is_subject for v in verdicts])),
+            "class colours (bits)": colour_entropy(verdicts)}
+
+
+def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, judge=None, **sampling) -> dict:
+    """Subject fidelity, recontextualisation (subject kept and context right, per new context and on average) and
+    class preservation for one seed; the pictures come along under 'images'."""
+    judge = judge or judging.load_judge()
+    first = 100_000 * seed + 70_000
+    subject, subject_images = read(pipe, [subject_scene()] * n, first, scenes.IDENTIFIER, judge, **sampling)
+    scores = {"subject fidelity": float(np.mean([v.is_subject for v in subject]))}
+    images = {"subject": subject_images}
+    both = []
+    for k, (label, context) in enumerate(NEW_CONTEXTS.items()):
+        asked = subject_scene(**context)
+        verdicts, images[label] = read(pipe, [asked] * per_context, first + 1000 * (k + 1), scenes.IDENTIFIER, judge,
+                                       **sampling)
+        oks = [v.agrees(asked) for v in verdicts]
+        kept = [ok["subject"] for ok in oks]
+        right = [all(x for key, x in ok.items() if key not in ("shape", "subject")) for ok in oks]
+        scores[f"kept {label}"] = float(np.mean(kept))
+        scores[f"context {label}"] = float(np.mean(right))
+        both += [a and b for a, b in zip(kept, right)]
+    scores["recontext"] = float(np.mean(both))
+    classes, images["class"] = read(pipe, [class_scene()] * n, first + 9000, None, judge, **sampling)
+    scores.update(class_scores(classes))
+    return {**scores, "images": images}
+
+
+class Scores(Table):
+    """Scores over seeds as a table: one row per score, one column per model, 'mean +- sd'."""
+
+    header: tuple = ()
+
+    def __init__(self, models: dict[str, dict[str, Spread]], caption: str = ""):
+        self.models = models
+        self.caption = caption
+        self.header = ("score", *models)
+
+    def rows(self) -> list[tuple]:
+        keys = list(dict.fromkeys(k for spreads in self.models.values() for k in spreads))
+        return [(k, *(m[k].text(percent="bits" not in k) if k in m else "" for m in self.models.values())) for k in keys]
+
+
+def prompt_following_table(model: str = MODEL, seeds=SEEDS, n: int = 100, per_shape: int = 8, steps: int = 25,
+                           guidance: float = defaults.TOY_GUIDANCE, pipe=None) -> Scores:
+    """How well a model follows fresh captions, per attribute, mean ± sd over seeds (the model card's table)."""
     from ..infer import load_pipeline
 
-    runtime.setup(show=False, seed=args.seed)
-    scores = prompt_agreement(load_pipeline(args.model), per_prompt=args.per_prompt, steps=args.steps,
-                              guidance=args.guidance, seed=args.seed)
-    print(f"{scores['images']} images of 'a photo of a <colour> <shape>' ({len(prompt_pairs())} prompts), "
-          f"{args.steps} steps, guidance {args.guidance}:")
-    for key in ("shape", "colour", "both"):
-        print(f"  judge agrees on {key:<6} {scores[key]:6.1%}")
-    print(f"  judge on fresh generator pictures: {judging.accuracy(judging.load_judge())}")
-    return scores
+    pipe, judge = pipe or load_pipeline(model), judging.load_judge()
+    runs = [prompt_following(pipe, seed, n, per_shape, judge, steps=steps, guidance=guidance) for seed in seeds]
+    return Scores({"judge agrees": over_seeds(runs)}, caption=(
+        f"{n} fresh captions and {len(scenes.SHAPES) * per_shape} 'a photo of a <shape>' per seed, seeds "
+        f"{list(seeds)}, {steps} DPM-Solver++ steps, guidance {guidance}:"))
+
+
+def main(argv=None) -> Scores:
+    """Print how well a model follows its prompts, per attribute, over seeds."""
+    p = argparse.ArgumentParser(prog="python -m dreambooth_nb.toyworld.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=MODEL, help="Embedded name or a folder in diffusers layout.")
+    p.add_argument("--n", type=int, default=100, help="Fresh captions per seed.")
+    p.add_argument("--per_shape", type=int, default=8, help="'a photo of a <shape>' pictures per shape and seed.")
+    p.add_argument("--steps", type=int, default=25, help="Sampling steps (DPM-Solver++).")
+    p.add_argument("--guidance", type=float, default=defaults.TOY_GUIDANCE, help="Classifier-free guidance scale.")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    args = p.parse_args(argv)
+    from ..common import runtime
+
+    runtime.setup(show=False)
+    table = prompt_following_table(args.model, args.seeds, args.n, args.per_shape, args.steps, args.guidance)
+    print(table)
+    return table
 
 
 if __name__ == "__main__":

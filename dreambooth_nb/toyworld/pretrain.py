@@ -170,19 +170,27 @@ def decode_latents(vae, latents: np.ndarray, batch: int = 250) -> np.ndarray:
 
 
 def vae_round_trip_agreement(vae, n: int = 500, seed: int = 77) -> dict[str, float]:
-    """How often the judge still reads every attribute after pictures go through the VAE and back (and the subject)."""
+    """How often the judge still reads every attribute after pictures go through the VAE and back (and the subject,
+    drawn in fresh contexts at every size)."""
     from . import judge
 
     images, _, made = scenes.dataset(n, seed)
-    subject = np.stack([np.asarray(im) for im in scenes.subject_images(50, seed=seed)])
+    own = set(scenes.SUBJECT_COLOURS)
+    anywhere = [scenes.as_subject(s) for s in scenes.scenes(n, seed + 1, shape="star") if s.background not in own]
+    subject = np.stack([np.asarray(scenes.draw(s)) for s in anywhere])
     both = decode_latents(vae, encode_latents(vae, np.concatenate([images, subject]), batch=50), batch=50)
-    j = judge.train_judge()
+    j = judge.load_judge()
     scores = judge.agreement(j.read(list(both[:n])), [judge.replace_said(s) for s in made])
     scores["subject"] = float(np.mean([v.is_subject for v in j.read(list(both[n:]))]))
     return {k: round(v, 3) for k, v in scores.items()}
 
 
 # ----------------------------------------------------------------------------- stages
+def vae_pictures(made: list[scenes.Scene], stripes: float, seed: int) -> np.ndarray:
+    """The VAE's pictures: the captioned data's scenes, a share of them striped."""
+    return np.stack([np.asarray(scenes.draw(s)) for s in scenes.with_random_stripes(made, stripes, seed + 1)])
+
+
 def train_vae(vae, images: np.ndarray, args, out: Path) -> StageLog:
     """Stage 1: fit the VAE to the pictures (L1 + a small KL)."""
     vae.set_train(True)
@@ -230,6 +238,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae_batch", type=int, default=64)
     p.add_argument("--vae_lr", type=float, default=1.5e-3)
     p.add_argument("--kl_weight", type=float, default=1e-6)
+    p.add_argument("--vae_stripes", type=float, default=0.3, help="Share of the VAE's pictures with striped objects "
+                   "(a VAE encodes any picture; the captioned data never has stripes).")
     p.add_argument("--unet_steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=8e-4)
@@ -250,8 +260,8 @@ def main(argv=None) -> Path:
     runtime.setup(show=False, seed=args.seed)
     wall, cpu = time.time(), time.process_time()
     components = build_components(out, args.seed)
-    images, captions, _ = scenes.dataset(args.images, args.seed)
-    vae_log = train_vae(components.vae, images, args, out)
+    images, captions, made = scenes.dataset(args.images, args.seed)
+    vae_log = train_vae(components.vae, vae_pictures(made, args.vae_stripes, args.seed), args, out)
     round_trip = vae_round_trip_agreement(components.vae)
     print(f"VAE round trip, judge agreement on fresh pictures: {round_trip}", flush=True)
     latents = encode_latents(components.vae, images)
@@ -273,11 +283,13 @@ def main(argv=None) -> Path:
 
 
 def install(out: Path) -> Path:
-    """Copy model, judge and summary from `out` into the package's assets/toyworld folder; write its model card."""
+    """Copy model, judge and summary from `out` into the package's assets/toyworld folder, measure how well the
+    installed model follows prompts (3 seeds), and write its model card."""
     import shutil
 
     from ..common.assets import toy_world_dir
     from .card import model_card
+    from .evaluate import prompt_following_table
 
     target = toy_world_dir()
     shutil.rmtree(target / "model", ignore_errors=True)
@@ -286,9 +298,13 @@ def install(out: Path) -> Path:
         settings = json.loads(config.read_text())
         settings.pop("_name_or_path", None)
         config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    for name in ("judge.npz", "summary.json"):
-        shutil.copy2(out / name, target / name)
-    (target / "MODEL_CARD.md").write_text(model_card(json.loads((out / "summary.json").read_text())), encoding="utf-8")
+    shutil.copy2(out / "judge.npz", target / "judge.npz")
+    summary = json.loads((out / "summary.json").read_text())
+    vae = import_quietly("mindone.diffusers").AutoencoderKL.from_pretrained(str(target / "model" / "vae"))
+    summary["vae_round_trip"] = vae_round_trip_agreement(vae)  # with the judge as it is now
+    summary["evaluation"] = str(prompt_following_table(str(target / "model")))
+    write_json_atomic(target / "summary.json", summary)
+    (target / "MODEL_CARD.md").write_text(model_card(summary, target / "model"), encoding="utf-8")
     return target
 
 

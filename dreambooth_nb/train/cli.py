@@ -145,3 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     return run_command("train", work, config.output_dir)
+
+
+def run_in_fresh_process(config) -> dict:
+    """Run a config's command line (`python -m dreambooth_nb.train ...`, or train_lora's) in a new Python, as a
+    practitioner would; returns its resources.json (step times and peak memory of that process alone)."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from ..common.errors import UserError
+    from .engine import RESOURCES_FILE
+
+    command = [sys.executable, "-m", config.COMMAND, *config.to_args()]
+    print("$", config.command(), flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise UserError(f"`{config.command()}` failed with exit status {done.returncode}:\n{tail}")
+    return json.loads((Path(config.output_dir) / RESOURCES_FILE).read_text(encoding="utf-8"))

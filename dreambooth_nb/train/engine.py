@@ -409,10 +409,25 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
         method.save_result(components, result.output_dir, config)
         save_samples_grid(result.output_dir)
         write_run_card(result.output_dir, config, result.history, steps_done=result.steps, device=device, seed=seed)
+        write_resources(result)
         (result.output_dir / "error.log").unlink(missing_ok=True)  # an earlier failure's log, now out of date
     if world.size > 1:
         write_digest(result.output_dir, world, trainer.nets)
     return result
+
+
+RESOURCES_FILE = "resources.json"
+
+
+def write_resources(result: TrainResult) -> Path:
+    """output_dir/resources.json: step times of this process (the first compiles) and its peak memory so far."""
+    from ..common.files import write_json_atomic
+
+    times = result.step_seconds
+    return write_json_atomic(result.output_dir / RESOURCES_FILE, {
+        "steps_here": len(times), "first_step_s": times[0] if times else None,
+        "median_step_s": float(np.median(times[1:])) if len(times) > 1 else None,
+        "peak_rss_mb": runtime.peak_rss_mb()})
 
 
 def check_memory_efficient_attention(config: TrainConfig, device: str) -> None:
