@@ -162,7 +162,7 @@ def run_playground(page, url: str) -> None:
     run_all_until_output(page)
     wait_visible(page, ".jp-OutputArea-output .widget-slider", 180)
     wait_visible(page, ".db-train-panel .jupyter-button", 60)
-    assert page.locator(".db-train-panel .jupyter-button").count() == 2  # Train, Stop
+    assert page.locator(".db-train-panel .jupyter-button").count() == 3  # Train, Stop, Samples over steps
     wait_visible(page, ".db-generate-panel .jupyter-button", 180)
     assert page.locator(".db-generate-panel .jupyter-button").count() == 2  # Generate, Compare
     wait_visible(page, ".jp-Notebook .jp-Cell:last-child .jp-OutputArea-output img", 240)

@@ -1,6 +1,7 @@
 """Committed notebooks carry no outputs, no widget state, short code cells, and the usual shape."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_every_chapter_has_exercises_with_answers_and_asks_for_predictions(path)
     exercises = text.split("## Exercises", 1)
     assert len(exercises) == 2, "an '## Exercises' section"
     section = exercises[1].split("\n## ", 1)[0]
-    numbered = [line for line in section.splitlines() if line[:3].rstrip(".").isdigit() and line[1:3].startswith(".")]
+    numbered = [line for line in section.splitlines() if re.match(r"\d+\. ", line)]
     assert len(numbered) >= 2, "at least two numbered exercises"
     assert section.count("<details>") >= len(numbered) and section.count("</details>") == section.count("<details>"), \
         "every exercise has its answer in a <details> block"

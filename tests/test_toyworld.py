@@ -195,3 +195,23 @@ def test_readme_shows_the_committed_experiment_results():
     for line in str(committed_table()).splitlines():
         assert line in readme, line
     assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()
+
+
+def test_the_table_says_which_target_is_met_and_which_is_not():
+    from dreambooth_nb.toyworld.experiments import Experiments
+
+    def run(fidelity, kept, drift, bits):
+        return {"subject fidelity": fidelity, "new contexts: subject kept": kept, "new contexts: context right": 0.9,
+                "class kept": kept, "class drift": drift, "class colours (bits)": bits}
+
+    runs = {"base model": [run(0.0, 0.9, 0.0, 2.0)] * 2,
+            "no prior": [run(0.9, 0.2, 0.8, 1.0), run(0.9, 0.2, 0.6, 1.0)],
+            "with prior": [run(0.9, 0.6, 0.1, 2.1), run(0.8, 0.6, 0.3, 2.1)]}
+    rows = {row[0]: row[-1] for row in Experiments(runs).table().rows()}
+    assert rows["subject fidelity"] == "with prior >= 80 %: met"  # mean 0.85
+    assert rows["new contexts: subject kept"] == "with prior >= 70 %: not met"  # mean 0.60
+    assert rows["class colours (bits)"] == "with prior >= base: met"
+    assert rows["class drift"] == "no prior > with prior, beyond the spread: met"  # 0.70 - 0.14 > 0.20 + 0.14
+    runs["no prior"][1] = run(0.9, 0.2, 0.2, 1.0)  # drift 0.5 ± 0.42: not apart from 0.2 ± 0.14
+    rows = {row[0]: row[-1] for row in Experiments(runs).table().rows()}
+    assert rows["class drift"] == "no prior > with prior, beyond the spread: not met"

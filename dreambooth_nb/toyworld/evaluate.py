@@ -164,6 +164,8 @@ def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, ju
         scores[f"context {label}"] = float(np.mean(right))
         both += [a and b for a, b in zip(kept, right)]
     scores["recontext"] = float(np.mean(both))
+    scores["new contexts: subject kept"] = float(np.mean([scores[f"kept {label}"] for label in NEW_CONTEXTS]))
+    scores["new contexts: context right"] = float(np.mean([scores[f"context {label}"] for label in NEW_CONTEXTS]))
     classes, images["class"] = read(pipe, [class_scene()] * n, first + 9000, None, judge, **sampling)
     scores.update(class_scores(classes))
     return {**scores, "images": images}
@@ -174,14 +176,16 @@ class Scores(Table):
 
     header: tuple = ()
 
-    def __init__(self, models: dict[str, dict[str, Spread]], caption: str = ""):
+    def __init__(self, models: dict[str, dict[str, Spread]], caption: str = "", targets: dict[str, str] | None = None):
         self.models = models
         self.caption = caption
-        self.header = ("score", *models)
+        self.targets = targets or {}
+        self.header = ("score", *models, *(("target",) if self.targets else ()))
 
     def rows(self) -> list[tuple]:
         keys = list(dict.fromkeys(k for spreads in self.models.values() for k in spreads))
-        return [(k, *(m[k].text(percent="bits" not in k) if k in m else "" for m in self.models.values())) for k in keys]
+        return [(k, *(m[k].text(percent="bits" not in k) if k in m else "" for m in self.models.values()),
+                 *((self.targets.get(k, ""),) if self.targets else ())) for k in keys]
 
 
 def prompt_following_table(model: str = MODEL, seeds=SEEDS, n: int = 100, per_shape: int = 8, steps: int = 25,

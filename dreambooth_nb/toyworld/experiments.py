@@ -20,7 +20,11 @@ from . import evaluate
 from .evaluate import NEW_CONTEXTS, Scores, Spread, over_seeds
 
 MODELS = {"base model": None, "no prior": False, "with prior": True}  # name: with_prior_preservation (None: not trained)
-MAIN_SCORES = ("subject fidelity", "recontext", "class kept", "class drift", "class colours (bits)")
+MAIN_SCORES = ("subject fidelity", "recontext", "new contexts: subject kept", "new contexts: context right",
+               "class kept", "class drift", "class colours (bits)")
+# the targets for DreamBooth with prior preservation: score -> lowest mean
+TARGETS = {"subject fidelity": 0.80, "new contexts: subject kept": 0.70, "new contexts: context right": 0.70,
+           "class kept": 0.80}
 SWEEP_LRS = (5e-5, 1e-4, 2e-4, 4e-4)
 SWEEP_EVERY = 100
 SWEEP_DIR = TOY_RUNS_DIR / "sweep"
@@ -82,13 +86,32 @@ class Experiments:
         """The main scores (detail=True: each new context's 'kept' and 'context right' too), mean ± sd over seeds."""
         seeds = len(next(iter(self.runs.values())))
         spreads = {name: {k: v for k, v in s.items() if detail or k in MAIN_SCORES} for name, s in self.spreads().items()}
-        return Scores(spreads, caption=f"DreamBooth on the toy world, mean ± sd over {seeds} seed(s)")
+        return Scores(spreads, caption=f"DreamBooth on the toy world, mean ± sd over {seeds} seed(s)",
+                      targets=target_verdicts(self.spreads()))
 
     def figure(self, seed_index: int = 0):
         return payoff_figure({name: runs[seed_index] for name, runs in self.runs.items()})
 
     def to_json(self) -> dict:
         return {name: [{k: v for k, v in r.items() if isinstance(v, float)} for r in runs] for name, runs in self.runs.items()}
+
+
+def target_verdicts(spreads: dict[str, dict[str, Spread]]) -> dict[str, str]:
+    """Each target of the with-prior run, said as met or not met: the lowest means, colour diversity no lower than
+    the base model's, and drift without the prior larger than with it beyond both spreads."""
+    prior, base, free = spreads.get("with prior", {}), spreads.get("base model", {}), spreads.get("no prior", {})
+    out = {}
+    for key, lowest in TARGETS.items():
+        if key in prior:
+            out[key] = f"with prior >= {lowest * 100:.0f} %: {'met' if prior[key].mean >= lowest else 'not met'}"
+    key = "class colours (bits)"
+    if key in prior and key in base:
+        out[key] = f"with prior >= base: {'met' if prior[key].mean >= base[key].mean else 'not met'}"
+    key = "class drift"
+    if key in prior and key in free:
+        apart = free[key].mean - free[key].sd > prior[key].mean + prior[key].sd
+        out[key] = f"no prior > with prior, beyond the spread: {'met' if apart else 'not met'}"
+    return out
 
 
 def run_experiments(seeds=evaluate.SEEDS, progress: bool = True, **changes) -> Experiments:
