@@ -72,8 +72,13 @@ No patterned (striped) object is in the data: the DreamBooth subject of the note
 ## Training
 On a shared 2-core x86_64 CPU, MindSpore {summary['versions']['mindspore']}, mindone {summary['versions']['mindone']}:
 - VAE: {a['vae_steps']} AdamW steps, batch {a['vae_batch']}, lr {a['vae_lr']} (warmup + cosine), L1 reconstruction +
-  {a['kl_weight']} x KL; final loss (mean of the last 100 steps) {summary['vae_loss']:.4f}. {minutes['vae']:.0f} min.
-  The judge reads its round trip (encode, decode) of fresh pictures as the original: {round_trip or 'not measured'}.
+  {a['kl_weight']} x KL; {a['vae_stripes']:.0%} of its pictures have a striped object (so it can encode a striped
+  subject; the captioned data has none); final loss (mean of the last 100 steps) {summary['vae_loss']:.4f}.
+  {minutes['vae']:.0f} min.
+- The decoder alone, encoder frozen (the latents do not change): {a.get('decoder_steps', 0)} steps, lr
+  {a.get('decoder_lr')}, L1; final loss {summary.get('decoder_loss') or float('nan'):.4f}. {minutes.get('decoder', 0):.0f} min.
+  The judge reads the VAE's round trip (encode, decode) of fresh pictures as the original: {round_trip or 'not measured'}
+  ("subject": the striped subject drawn in fresh contexts).
 - UNet + text encoder on cached VAE latents: {a['unet_steps']} AdamW steps, batch {a['batch']}, lr {a['lr']} (warmup +
   cosine), weight decay 0.01, gradient clipping 1.0, Min-SNR weighting (gamma {a['snr_gamma']}); final loss (weighted
   epsilon MSE, mean of the last 100 steps) {summary['unet_loss']:.4f}. {minutes['unet']:.0f} min.

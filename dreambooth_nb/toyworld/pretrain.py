@@ -1,9 +1,10 @@
-"""Pretrain the toy-world Stable Diffusion from scratch: the VAE first, then UNet + text encoder on cached latents.
+"""Pretrain the toy-world Stable Diffusion from scratch: the VAE, its decoder alone, then UNet + text encoder on
+cached latents.
 
     python -m dreambooth_nb.toyworld.pretrain --out outputs/toyworld [--install]
 
-Both stages run on the training engine's compiled step (train.step) and write its resumable checkpoints
-(train.checkpoint) under out/vae/ and out/unet/: run the same command again and it continues where it
+Every stage runs on the training engine's compiled step (train.step) and writes its resumable checkpoints
+(train.checkpoint) under out/vae/, out/decoder/ and out/unet/: run the same command again and it continues where it
 stopped. The UNet stage uses the DreamBooth loss itself (losses.DreamBoothLoss) on latents computed once.
 """
 
@@ -205,8 +206,28 @@ def train_vae(vae, images: np.ndarray, args, out: Path) -> StageLog:
     return run_stage("vae", trainer, batch, args.vae_steps, out)
 
 
+def train_decoder(vae, images: np.ndarray, args, out: Path) -> StageLog:
+    """Stage 2: the VAE's decoder alone, the encoder frozen (so the latents, and what the UNet learns, stay the same):
+    sharper shapes and stripes for little compute, since no gradient flows through the encoder."""
+    for name, param in vae.parameters_and_names():
+        param.requires_grad = not (name.startswith("encoder.") or name.startswith("quant_conv."))
+    vae.set_train(True)
+    trainer = stage_trainer(vae_loss_net(vae, 0.0), {"vae": vae}, args.decoder_lr, args.decoder_steps, 0.0)
+    latent = (4, scenes.SIZE // 2, scenes.SIZE // 2)
+
+    def batch(i: int):
+        rng = np.random.default_rng([args.seed, i, 2])
+        idx = rng.integers(0, len(images), args.vae_batch)
+        return to_pixels(images[idx]), rng.standard_normal((args.vae_batch, *latent), dtype=np.float32)
+
+    log = run_stage("decoder", trainer, batch, args.decoder_steps, out)
+    for param in vae.get_parameters():
+        param.requires_grad = True
+    return log
+
+
 def train_unet(components: Components, latents: np.ndarray, captions: list[str], args, out: Path) -> StageLog:
-    """Stage 2: fit UNet + text encoder on cached latents; the caption is dropped args.drop of the time (for guidance)."""
+    """Stage 3: fit UNet + text encoder on cached latents; the caption is dropped args.drop of the time (for guidance)."""
     unet, text_encoder = components.unet, components.text_encoder
     unet.set_train(True)
     text_encoder.set_train(True)
@@ -240,6 +261,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl_weight", type=float, default=1e-6)
     p.add_argument("--vae_stripes", type=float, default=0.3, help="Share of the VAE's pictures with striped objects "
                    "(a VAE encodes any picture; the captioned data never has stripes).")
+    p.add_argument("--decoder_steps", type=int, default=2000, help="Steps of the decoder alone (encoder frozen).")
+    p.add_argument("--decoder_lr", type=float, default=5e-4)
     p.add_argument("--unet_steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=8e-4)
@@ -261,9 +284,13 @@ def main(argv=None) -> Path:
     wall, cpu = time.time(), time.process_time()
     components = build_components(out, args.seed)
     images, captions, made = scenes.dataset(args.images, args.seed)
-    vae_log = train_vae(components.vae, vae_pictures(made, args.vae_stripes, args.seed), args, out)
+    pictures = vae_pictures(made, args.vae_stripes, args.seed)
+    vae_log = train_vae(components.vae, pictures, args, out)
+    print(f"VAE round trip, judge agreement on fresh pictures: {vae_round_trip_agreement(components.vae)}", flush=True)
+    decoder_log = train_decoder(components.vae, pictures, args, out)
+    del pictures
     round_trip = vae_round_trip_agreement(components.vae)
-    print(f"VAE round trip, judge agreement on fresh pictures: {round_trip}", flush=True)
+    print(f"... after the decoder stage: {round_trip}", flush=True)
     latents = encode_latents(components.vae, images)
     scale = float(1.0 / latents.std())
     components.vae.register_to_config(scaling_factor=scale)
@@ -271,8 +298,9 @@ def main(argv=None) -> Path:
     save_pipeline(components, out / "model")
     judge.train_judge().save(out / "judge.npz")
     summary = dict(args=vars(args), vae_loss=float(np.mean(vae_log.history[-100:])), vae_round_trip=round_trip,
+                   decoder_loss=float(np.mean(decoder_log.history[-100:])) if decoder_log.history else None,
                    unet_loss=float(np.mean(unet_log.history[-100:])), scaling_factor=scale,
-                   stage_s={"vae": vae_log.seconds, "unet": unet_log.seconds},
+                   stage_s={"vae": vae_log.seconds, "decoder": decoder_log.seconds, "unet": unet_log.seconds},
                    last_process=dict(wall_s=time.time() - wall, cpu_s=time.process_time() - cpu),
                    versions={p: runtime.installed_version(p) for p in ("mindspore", "mindone")})
     write_json_atomic(out / "summary.json", summary)
