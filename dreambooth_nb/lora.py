@@ -240,11 +240,13 @@ def lora_size(full_model: str | os.PathLike, adapters: str | os.PathLike) -> Lor
 
 # ------------------------------------------------------------------------------ full fine-tuning against LoRA
 def full_config_of(config: LoraTrainConfig) -> "TrainConfig":
-    """The same run as full fine-tuning (every shared setting kept), written beside the LoRA output."""
-    from .common.config import TrainConfig
+    """The same run as full fine-tuning, written beside the LoRA output: every shared setting kept but the learning
+    rate, LORA_LR_FACTOR times lower (full fine-tuning moves every weight from where it is)."""
+    from .common.config import LORA_LR_FACTOR, TrainConfig
 
     full = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
-    return full.replace(output_dir=str(Path(config.output_dir).with_name("full")))
+    return full.replace(output_dir=str(Path(config.output_dir).with_name("full")),
+                        learning_rate=config.learning_rate / LORA_LR_FACTOR)
 
 
 @dataclass(repr=False)

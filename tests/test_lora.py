@@ -116,3 +116,19 @@ def test_the_run_card_and_settings_are_written(runs):
     assert settings["lora_rank"] == 2 and "hub_token" not in settings
     assert (runs["root"] / "full" / "run_card.json").is_file()
     assert {f.name for f in fields(LoraTrainConfig)} >= set(settings)
+
+
+def test_chapter_08_commands_parse_and_the_full_run_keeps_its_own_learning_rate():
+    import shlex
+
+    from dreambooth_nb.common.config import TrainConfig, lora_config
+    from dreambooth_nb.lora import full_config_of
+    from dreambooth_nb.train import cli as full_cli
+
+    config = lora_config()
+    parsed, _ = cli.parse_config(shlex.split(config.command())[3:], LoraTrainConfig, cli.build_parser(LoraTrainConfig))
+    assert parsed.lora_rank == config.lora_rank and parsed.learning_rate == config.learning_rate
+    full = full_config_of(config)
+    assert full.learning_rate == pytest.approx(config.learning_rate / 10)
+    again, _ = full_cli.parse_config(shlex.split(full.command())[3:], TrainConfig, full_cli.build_parser(TrainConfig))
+    assert again.learning_rate == full.learning_rate and again.with_prior_preservation

@@ -136,7 +136,7 @@ class TrainConfig:
         give it with HF_TOKEN or `huggingface-cli login`)."""
         args = []
         for name, value in self.changed().items():
-            if name in SECRET:
+            if name in SECRET or name in self.HIDDEN:  # never a flag the command lacks
                 continue
             if value is True:
                 args.append(f"--{name}")
@@ -499,11 +499,15 @@ _CHECKS = (_check_finite, _check_ranges, _check_sdxl, _check_resolution, _check_
            _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)
 
 
+LORA_LR_FACTOR = 10  # LoRA's learning rate over full fine-tuning's in the same recipe (adapters start at zero)
+
+
 def lora_config(**changes) -> LoraTrainConfig:
     """Chapter 08's LoRA run: chapter 06's subject and settings, rank-4 adapters at a LoRA learning rate."""
     base = toy_dreambooth_config(prior=True, output_dir=str(LORA_DIR / "adapters"))
-    settings = {f.name: getattr(base, f.name) for f in fields(TrainConfig)}
-    return LoraTrainConfig(**{**settings, "learning_rate": 1e-3, "lora_rank": 4, **changes})
+    settings = {f.name: getattr(base, f.name) for f in fields(TrainConfig) if f.name not in LoraTrainConfig.HIDDEN}
+    return LoraTrainConfig(**{**settings, "learning_rate": base.learning_rate * LORA_LR_FACTOR, "lora_rank": 4,
+                              **changes})
 
 
 def lora_playground_config(**changes) -> LoraTrainConfig:
