@@ -25,8 +25,9 @@ MAIN_SCORES = ("subject fidelity", "recontext", "new contexts: subject kept", "n
 # the targets for DreamBooth with prior preservation: score -> lowest mean
 TARGETS = {"subject fidelity": 0.80, "new contexts: subject kept": 0.70, "new contexts: context right": 0.70,
            "class kept": 0.80}
-SWEEP_LRS = (5e-5, 1e-4, 2e-4, 4e-4)
+SWEEP_LRS = (1e-4, 2e-4, 4e-4)
 SWEEP_EVERY = 100
+SWEEP_STEPS = 400
 SWEEP_DIR = TOY_RUNS_DIR / "sweep"
 
 
@@ -232,7 +233,7 @@ class SweepTable(Table):
                 for lr, row in self.cells.items() for steps, s in row.items()]
 
 
-def sweep(lrs=SWEEP_LRS, max_steps: int = 2 * TOY_STEPS[0], every: int = SWEEP_EVERY, prior: bool = True,
+def sweep(lrs=SWEEP_LRS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY, prior: bool = True,
           seed: int = 0, progress: bool = True) -> Sweep:
     """Train once per learning rate, keeping a checkpoint every `every` steps, and score each checkpoint."""
     from ..common.assets import resolve_model
