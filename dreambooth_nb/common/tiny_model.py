@@ -22,23 +22,37 @@ TINY_WORDS = (
 
 
 def tiny_vocabulary(words=TINY_WORDS) -> tuple[dict[str, int], list[str]]:
-    """A CLIP-style BPE vocabulary: all bytes, plus merges that make each word one token."""
+    """A CLIP-style BPE vocabulary: all bytes, plus merges that make each word one token.
+
+    Each word is first split by the merges it already has (BPE applies them by rank, across words), and gets new
+    merges, ranked after all earlier ones, only for what is left: so no word's merges break another's.
+    """
     from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     for word in dict.fromkeys(words):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = bpe_pieces(word, {rule: rank for rank, rule in enumerate(merges)})
         while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            rule = f"{pieces[0]} {pieces[1]}"
-            if rule not in merges:
-                merges.append(rule)
-                tokens.append(merged)
-            pieces = [merged] + pieces[2:]
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            tokens.append(pieces[0] + pieces[1])
+            pieces = bpe_pieces(word, {rule: rank for rank, rule in enumerate(merges)})
     tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def bpe_pieces(word: str, ranks: dict[str, int]) -> list[str]:
+    """How CLIP's BPE splits `word` with these merges: always the lowest-ranked adjacent pair first."""
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = [(ranks.get(f"{a} {b}"), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        found = [(rank, i) for rank, i in pairs if rank is not None]
+        if not found:
+            break
+        _, i = min(found)
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
 
 
 def write_tokenizer(folder: Path, words=TINY_WORDS, max_length: int = 77):

@@ -38,8 +38,9 @@ def architecture(model: Path) -> str:
         f"{unet['layers_per_block']} layer(s) per block, cross-attention at "
         f"{', '.join(f'{latent // k}x{latent // k}' for k in attention)}, {unet['cross_attention_dim']}-d text features.",
         f"- CLIPTextModel ({parameters(model, 'text_encoder'):,} weights): {text['num_hidden_layers']} layers, width "
-        f"{text['hidden_size']}, {text['max_position_embeddings']} tokens; CLIPTokenizer with every toy word (and "
-        f"`sks`) as one token.",
+        f"{text['hidden_size']}, {text['max_position_embeddings']} tokens; CLIPTokenizer with `sks` and every toy word as one token but "
+        f"`triangle` and `bottom` (split in pieces by the vocabulary writer of the time, fixed since), so 2 % of the "
+        f"captions (a triangle with a place and a background) lost their last words to the 20-token limit.",
         "- PNDM scheduler with Stable Diffusion v1's noise schedule (scaled_linear, 1000 steps, epsilon prediction).",
     ])
 
