@@ -40,8 +40,9 @@ def toy_xl_model_path() -> Path:
     path = toy_world_dir() / "xl" / "model"
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"The toy-world SDXL is missing from {path}. Reinstall dreambooth-nb, or rebuild it with the commands in "
-            f"{path.parent / 'MODEL_CARD.md'}.")
+            f"The toy-world SDXL is not in {path}: this release does not ship it. Build it with `python -m "
+            f"dreambooth_nb.sdxl.toy --out outputs/toyworld-xl --install`, or give --pretrained_model_name_or_path an "
+            f"SDXL hub id or folder (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
     return path
 
 
