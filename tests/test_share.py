@@ -453,10 +453,11 @@ def test_layouts_are_told_apart_and_unsupported_ones_explained(tmp_path):
     (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     (tmp_path / "model.ckpt").write_bytes(b"pickle")
     for path, layout, advice in ((lora, "lora", "LoRA adapter"), (lora / "pytorch_lora_weights.safetensors", "lora", "LoRA"),
-                                 (xl, "sdxl", "Stable Diffusion XL"), (tmp_path / "model.ckpt", "pickle", "PyTorch pickle")):
+                                 (tmp_path / "model.ckpt", "pickle", "PyTorch pickle")):
         assert formats.detect_layout(path) == layout
         with pytest.raises(formats.FormatError, match=advice):
             assets.resolve_model(str(path))
+    assert formats.detect_layout(xl) == "sdxl" and Path(assets.resolve_model(str(xl))) == xl  # train_sdxl_lora's models
 
 
 def test_export_takes_parts_a_run_did_not_save_from_its_base_model(tmp_path):

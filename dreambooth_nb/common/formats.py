@@ -424,8 +424,8 @@ def importable_model(path: str | os.PathLike, config: str | os.PathLike | None =
 LAYOUT_ADVICE = {
     "lora": "{path} holds a LoRA adapter, not a whole model: pass the base model it was trained on (its "
             "train_config.json names it) and load the adapter with dreambooth_nb.lora.lora_pipeline(base, adapters).",
-    "sdxl": "{path} is a Stable Diffusion XL pipeline; this package trains SD 1.x/2.x models for now. Pick an "
-            "SD 1.x/2.x model such as stable-diffusion-v1-5/stable-diffusion-v1-5.",
+    "sdxl": "{path} is a Stable Diffusion XL checkpoint, which is not converted here: train SDXL from a diffusers "
+            "folder or hub id with `python -m dreambooth_nb.train_sdxl_lora`, or pick an SD 1.x/2.x model.",
     "pickle": "{path} is a PyTorch pickle, which mindone cannot read (and unpickling runs code). Convert it to "
               ".safetensors on PyTorch (safetensors.torch.save_file(torch.load(path)['state_dict'], new_path)) or "
               "use the model's .safetensors file.",
