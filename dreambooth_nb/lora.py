@@ -232,8 +232,7 @@ def lora_size(full_model: str | os.PathLike, adapters: str | os.PathLike) -> Lor
     unet = load_file(str(Path(full_model) / "unet" / "diffusion_pytorch_model.safetensors"))
     state = load_file(str(adapter_file(adapters)))
     rank = next(v.shape[0] for k, v in state.items() if k.endswith(".lora.down.weight"))
-    return LoraSize(rank, sum(int(v.size) for v in unet.values()),
-                    sum(int(v.size) for k, v in state.items() if k.startswith("unet.")),
+    return LoraSize(rank, sum(int(v.size) for v in unet.values()), sum(int(v.size) for v in state.values()),
                     adapter_file(adapters).stat().st_size,
                     sum(f.stat().st_size for f in Path(full_model).rglob("*.safetensors")))
 
@@ -272,16 +271,9 @@ class MethodComparison(Table):
                 for key, label, fmt in self.ROWS]
 
 
-def folder_mb(folder: Path) -> float:
-    """Megabytes of the weight files in a folder."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors")) / 2**20
-
-
 def compare_methods(config: LoraTrainConfig, seed: int = 0) -> MethodComparison:
     """Train full fine-tuning and LoRA with the same settings (each command in a fresh process, so step time and
     memory are its own), then judge both on the toy world's prompts with the same seeds."""
-    from safetensors.numpy import load_file
-
     from .common.assets import resolve_model
     from .infer import load_pipeline, swap_weights
     from .toyworld.experiments import toy_dreambooth_scores
@@ -296,11 +288,9 @@ def compare_methods(config: LoraTrainConfig, seed: int = 0) -> MethodComparison:
     swap_weights(pipe, full.output_dir)
     measures["full"].update(toy_dreambooth_scores(pipe, seed))
     swap_weights(pipe, resolve_model(config.pretrained_model_name_or_path))
-    unet = load_file(str(Path(full.output_dir) / "unet" / "diffusion_pytorch_model.safetensors"))
-    adapters = load_file(str(adapter_file(config.output_dir)))
-    measures["full"].update(trained=sum(int(v.size) for v in unet.values()), file_mb=folder_mb(full.output_dir))
-    measures["lora"].update(trained=sum(int(v.size) for v in adapters.values()),
-                            file_mb=adapter_file(config.output_dir).stat().st_size / 2**20)
+    size = lora_size(full.output_dir, config.output_dir)
+    measures["full"].update(trained=size.unet_parameters, file_mb=size.full_bytes / 2**20)
+    measures["lora"].update(trained=size.adapter_parameters, file_mb=size.adapter_bytes / 2**20)
     return MethodComparison(measures)
 
 
