@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
+from .errors import InputError
 
-VERSION = 3  # bumped when the pictures change (cached photos and class images are made again)
+VERSION = 4  # bumped when the pictures change (cached photos and class images are made again)
 SIZE = 32  # pixels per side of every toy-world picture
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = {
@@ -25,13 +26,23 @@ COLOURS = {
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128), **COLOURS}
 # radius ranges in pixels (a 32 px picture): a size word picks its range, no word picks any radius
 RADII = {"small": (4.5, 6.5), "big": (11.0, 13.5), "": (4.5, 13.5)}
-PLACED_MAX_RADIUS = 9.0  # a shape said to be on the left (...) is at most this big, so it fits there
+# a shape said to be on the left (...) keeps its centre on that side, so it is at most this big
+PLACED_RADII = {"small": (4.5, 6.5), "big": (10.0, 10.8), "": (4.5, 9.0)}
 PLACES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 PLACE_LIMIT = 11.0  # a placed shape's centre is at most this far from its side (the judge's line is at 13)
 WORDS = ("a an photo of on at the background sks left right top bottom "
          + " ".join([*SHAPES, *BACKGROUNDS, "small", "big"])).split()
 # how often a caption names each attribute (the shape is always named)
-SAY = {"colour": 0.7, "size": 0.5, "place": 0.35, "background": 0.5}
+SAY = {"colour": 0.7, "size": 0.5, "place": 0.5, "background": 0.5}
+# Rare words, each the name of one plain thing (like a pet's name in a web caption: "a photo of zwx heart" is always
+# the same green heart), said in NAMED of the pretraining captions instead of the colour. The text encoder learns that
+# such a word carries meaning, so its features for a name differ from the article's. `sks`, DreamBooth's identifier,
+# is one of them and the rarest (SKS_WEIGHT of the others' share): real CLIP has seen `sks` rarely, so its embedding is
+# trained but its prior weak, which is why the paper picks a rare token.
+NAMES = ("sks zwx qlo vrk bpf dmt xjn hgw tcv fyr kzu wqp jvd lxb nrg ocm pzh uky gdw ybt").split()
+NAMED = 0.04
+SKS_WEIGHT = 0.25
+VOCABULARY = tuple(dict.fromkeys(WORDS + NAMES))  # every word a toy-world tokenizer knows as one token
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,14 @@ class Scene:
     say_colour: bool = True
     say_background: bool = False
     pattern: str = ""  # "" (plain) or "stripes:<colour>"; only DreamBooth subjects use patterns
+    name: str = ""  # a rare word naming this very thing (scenes.NAMES), said instead of the colour
 
     def caption(self, name: str | None = None) -> str:
         """'a photo of a [small|big] [<colour>] <shape>[ on the left|...][ on a <background> background]'.
 
         name replaces the colour word (the subject's identifier: 'a photo of sks star').
         """
+        name = name if name is not None else (self.name or None)
         colour = name if name is not None else (self.colour if self.say_colour else "")
         return prompt(colour, self.shape, self.size_word, self.background if self.say_background else "", self.place)
 
@@ -66,9 +79,10 @@ def article(word: str) -> str:
 
 
 def prompt(colour: str = "", shape: str = "", size_word: str = "", background: str = "", place: str = "") -> str:
-    """A toy-world caption: prompt('red', 'star') == 'a photo of a red star'; the identifier 'sks' takes no article."""
+    """A toy-world caption: prompt('red', 'star') == 'a photo of a red star'; a name (the identifier 'sks', or any of
+    NAMES) takes no article: 'a photo of sks star'."""
     words = [w for w in (size_word, colour, shape) if w]
-    lead = "" if words[0] == "sks" else f"{article(words[0])} "
+    lead = "" if words[0] in NAMES else f"{article(words[0])} "
     text = f"a photo of {lead}" + " ".join(words)
     if place:
         text += f" {PLACES[place]}"
@@ -92,7 +106,7 @@ def polygon(shape: str, x: float, y: float, r: float, angle: float = 0.0) -> lis
         pts = [(16 * math.sin(t) ** 3 / 17, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
                                               - math.cos(4 * t)) / 17 + 0.1) for t in ts]
     else:
-        raise ValueError(f"Unknown shape {shape!r}; the toy world knows {', '.join(SHAPES)}.")
+        raise InputError(f"Unknown shape {shape!r}; the toy world knows {', '.join(SHAPES)}.")
     c, s = math.cos(angle), math.sin(angle)
     return [(x + r * (px * c - py * s), y + r * (px * s + py * c)) for px, py in pts]
 
@@ -155,10 +169,8 @@ def random_scene(rng: np.random.Generator, shape: str | None = None, colour: str
     colour = colour or str(rng.choice(list(COLOURS)))
     background = str(rng.choice([b for b in BACKGROUNDS if b != colour]))
     size_word = str(rng.choice(["small", "big"])) if rng.random() < say["size"] else ""
-    place = str(rng.choice(list(PLACES))) if size_word != "big" and rng.random() < say["place"] else ""
-    low, high = RADII[size_word]
-    if place:
-        high = min(high, PLACED_MAX_RADIUS)
+    place = str(rng.choice(list(PLACES))) if rng.random() < say["place"] else ""
+    low, high = (PLACED_RADII if place else RADII)[size_word]
     radius = float(rng.uniform(low, high)) * size / SIZE
     x, y = place_centre(rng, radius, place, size)
     angle = float(rng.uniform(-0.3, 0.3)) if shape != "circle" else 0.0
@@ -185,9 +197,34 @@ def with_random_stripes(made: list[Scene], share: float, seed: int) -> list[Scen
     return out
 
 
-def dataset(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """(n, size, size, 3) uint8 pictures, their captions and scenes; deterministic from the seed."""
-    made = scenes(n, seed)
+def named_things() -> dict[str, tuple[str, str]]:
+    """{rare word: (colour, shape)}: the one plain thing each of NAMES names (the same in every data set)."""
+    rng = np.random.default_rng(7)
+    return {name: (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))) for name in NAMES}
+
+
+def with_names(made: list[Scene], share: float, seed: int) -> list[Scene]:
+    """The scenes, a `share` of them replaced by a named thing in the same context (its colour and shape, its
+    name said instead of the colour); `sks` is SKS_WEIGHT times as likely as each other name."""
+    rng = np.random.default_rng([seed, 8])
+    things = named_things()
+    weights = np.array([SKS_WEIGHT if n == IDENTIFIER else 1.0 for n in NAMES])
+    out = []
+    for s in made:
+        if rng.random() < share:
+            name = str(rng.choice(NAMES, p=weights / weights.sum()))
+            colour, shape = things[name]
+            background = s.background if s.background != colour else "white" if colour != "white" else "black"
+            s = replace(s, colour=colour, shape=shape, background=background, name=name,
+                        angle=s.angle if shape != "circle" else 0.0)
+        out.append(s)
+    return out
+
+
+def dataset(n: int, seed: int = 0, size: int = SIZE, named: float = NAMED) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """(n, size, size, 3) uint8 pictures, their captions and scenes (a `named` share of them named things);
+    deterministic from the seed."""
+    made = with_names(scenes(n, seed), named, seed) if named else scenes(n, seed)
     images = np.stack([np.asarray(draw(s, size)) for s in made])
     return images, [s.caption() for s in made], made
 
@@ -198,23 +235,27 @@ SUBJECT_COLOURS = ("purple", "yellow")  # its body and its stripes
 IDENTIFIER = "sks"
 SUBJECT_PROMPT = prompt(IDENTIFIER, "star")  # "a photo of sks star"
 SUBJECT_CLASS_PROMPT = prompt("", "star")  # "a photo of a star"
-# the subject's casual photos: these backgrounds, a medium-to-big size, near the middle, tilted a little
+# The subject's casual photos: these backgrounds, small to medium sizes, off-centre to the right and down, tilted a
+# little. Radius 7 is about the smallest at which the VAE keeps the stripes (the judge reads 83 % of round trips of a
+# radius-7 subject as the subject, 56 % at 6, 12 % at 5; 95-100 % from 8 up), so no photo is smaller; none is big
+# (the judge reads a striped star of radius 8.5 as 9.5, its line for "big"), so "big" is a new context.
 SUBJECT_BACKGROUNDS = ("white", "black", "gray", "blue", "green")
-SUBJECT_RADII = (8.5, 12.5)
+SUBJECT_RADII = (7.0, 8.2)
+SUBJECT_OFFSETS = (-1.0, 5.0)  # pixels from the centre, in x and in y: never far left or up
 
 
 def subject_scenes(n: int = 5, seed: int = 1234) -> list[Scene]:
     """n casual photos of the subject the pretraining never saw: a purple star with yellow stripes.
 
-    Like photos of a pet, they vary in size, position, tilt and background, so the model can tell the
-    subject from its surroundings; none is small, off to a side, or on a red or orange background
-    (chapter 06 asks for those as new contexts).
+    Like photos of a pet, they vary in size (some small), position (some off-centre), tilt and background, so the
+    model can tell the subject from its surroundings; none is big, on the left, at the top, or on a red or orange
+    background (chapter 06 asks for those as new contexts).
     """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         radius = float(rng.uniform(*SUBJECT_RADII))
-        x, y = (float(v) for v in SIZE / 2 + rng.uniform(-2.5, 2.5, 2))
+        x, y = (float(v) for v in SIZE / 2 + rng.uniform(*SUBJECT_OFFSETS, 2))
         out.append(Scene("star", SUBJECT["colour"], SUBJECT_BACKGROUNDS[i % len(SUBJECT_BACKGROUNDS)], radius, x, y,
                          float(rng.uniform(-0.35, 0.35)), pattern=SUBJECT["pattern"]))
     return out

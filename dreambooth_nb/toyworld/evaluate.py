@@ -23,7 +23,7 @@ FRESH = 10_000  # evaluation captions come from seeds FRESH + seed: never the pr
 NOTHING_SAID = {"colour": 0.0, "size": 0.0, "place": 0.0, "background": 0.0}
 # contexts none of the subject's photos shows (scenes.subject_scenes): DreamBooth's "recontextualisation"
 NEW_CONTEXTS = {"on a red background": dict(background="red"), "on an orange background": dict(background="orange"),
-                "small": dict(size_word="small"), "on the left": dict(place="left"), "at the top": dict(place="top")}
+                "big": dict(size_word="big"), "on the left": dict(place="left"), "at the top": dict(place="top")}
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,73 @@ def prompt_following(pipe, seed: int = 0, n: int = 100, per_shape: int = 8, judg
             "shape alone images": plain_images}
 
 
+PROBE_BACKGROUNDS = ("white", "black", "blue", "green", "yellow")  # the background probe's words
+PROBE_OBJECTS = (("red", "circle"), ("orange", "square"), ("purple", "heart"), ("red", "star"))
+
+
+def context_probe(per_object: int = 2) -> dict[str, list[scenes.Scene]]:
+    """Prompts that differ only in one context word, for a fixed seed each: {'background': [...], 'place': [...]},
+    grouped by seed (every group of len(PROBE_BACKGROUNDS) or len(PLACES) scenes shares one starting noise)."""
+    groups = {"background": [], "place": []}
+    for colour, shape in PROBE_OBJECTS * per_object:
+        groups["background"].append([scenes.Scene(shape, colour, b, 10.0, 16.0, 16.0, say_background=True)
+                                     for b in PROBE_BACKGROUNDS])
+        groups["place"].append([scenes.Scene(shape, colour, "white", 7.0, *PLACED_CENTRES[p], place=p)
+                                for p in scenes.PLACES])
+    return groups
+
+
+def context_following(pipe, seed: int = 0, per_object: int = 2, judge=None, **sampling) -> dict:
+    """Does a context word set the context? For each group of prompts that differ only in the background word (or
+    only in the place words), all drawn from one starting noise: the share of pictures whose background (place) is
+    the one asked, and how many different backgrounds one noise gives (1: the noise decides, 5: the words do)."""
+    from ..sampling import generate
+
+    judge = judge or judging.load_judge()
+    out = {}
+    for kind, groups in context_probe(per_object).items():
+        images, verdicts = [], []
+        for g, group in enumerate(groups):
+            pictures = generate(pipe, [s.caption() for s in group], [1000 * seed + g] * len(group),
+                                num_inference_steps=sampling.get("steps"),
+                                guidance_scale=sampling.get("guidance", defaults.TOY_GUIDANCE),
+                                batch_size=len(group))
+            images.append(pictures)
+            verdicts.append(judge.read(pictures))
+        flat = [(v, s) for vs, group in zip(verdicts, groups) for v, s in zip(vs, group)]
+        if kind == "background":
+            out["background follows"] = float(np.mean([v.background == s.background for v, s in flat]))
+            out["backgrounds per noise"] = float(np.mean([len({v.background for v in vs}) for vs in verdicts]))
+        else:
+            out["place follows"] = float(np.mean([s.place in v.places for v, s in flat]))
+        out[f"{kind} images"] = images
+    return out
+
+
+def identifier_distance(tokenizer, text_encoder, identifier: str = scenes.IDENTIFIER,
+                        with_it: str = scenes.SUBJECT_PROMPT, without: str = scenes.SUBJECT_CLASS_PROMPT) -> dict:
+    """How far the text encoder puts the identifier's prompt from the class prompt: the relative distance of their
+    encoder outputs, ||a - b|| / ||b||, with a colour word beside it for scale ('a photo of a purple star'), and the
+    norm of the identifier's token embedding next to the article's and the colour word's."""
+    import mindspore as ms
+
+    from ..models import tokenize
+
+    def features(prompt: str) -> np.ndarray:
+        return text_encoder(ms.Tensor(tokenize(tokenizer, prompt)))[0].asnumpy()[0]
+
+    def norm(word: str) -> float:
+        table = text_encoder.get_input_embeddings().embedding_table.asnumpy()
+        return float(np.linalg.norm(table[tokenizer.convert_tokens_to_ids(f"{word}</w>")]))
+
+    base = features(without)
+    distance = float(np.linalg.norm(features(with_it) - base) / np.linalg.norm(base))
+    colour = float(np.linalg.norm(features(scenes.prompt(scenes.SUBJECT["colour"], scenes.SUBJECT["shape"])) - base)
+                   / np.linalg.norm(base))
+    return {"identifier distance": distance, "colour word distance": colour, f"{identifier} norm": norm(identifier),
+            "'a' norm": norm("a"), f"'{scenes.SUBJECT['colour']}' norm": norm(scenes.SUBJECT["colour"])}
+
+
 PLACED_CENTRES = {"left": (8.0, 16.0), "right": (24.0, 16.0), "top": (16.0, 8.0), "bottom": (16.0, 24.0), "": (16.0, 16.0)}
 
 
@@ -104,7 +171,7 @@ def subject_scene(**context) -> scenes.Scene:
     """What `a photo of sks star[ <context>]` asks for: the subject, in a context when one is given. Drawn with
     scenes.draw it is a correct answer (the tests judge such drawings)."""
     background, size_word, place = context.get("background", ""), context.get("size_word", ""), context.get("place", "")
-    radius = 5.5 if size_word == "small" else 8.0 if place else 10.0
+    radius = {"small": 5.5, "big": 12.0}.get(size_word, 8.0 if place else 10.0)
     x, y = PLACED_CENTRES[place]
     base = scenes.Scene("star", "", background or "white", radius, x, y, size_word=size_word, place=place,
                         say_background=bool(background))
@@ -188,7 +255,8 @@ class Scores(Table):
                  *((self.targets.get(k, ""),) if self.targets else ())) for k in keys]
 
 
-def prompt_following_table(model: str = MODEL, seeds=SEEDS, n: int = 100, per_shape: int = 8, steps: int = 25,
+def prompt_following_table(model: str = MODEL, seeds=SEEDS, n: int = 100, per_shape: int = 8,
+                           steps: int = defaults.INFERENCE_STEPS,
                            guidance: float = defaults.TOY_GUIDANCE, pipe=None) -> Scores:
     """How well a model follows fresh captions, per attribute, mean ± sd over seeds (the model card's table)."""
     from ..infer import load_pipeline
@@ -206,7 +274,7 @@ def main(argv=None) -> Scores:
     p.add_argument("--model", default=MODEL, help="Embedded name or a folder in diffusers layout.")
     p.add_argument("--n", type=int, default=100, help="Fresh captions per seed.")
     p.add_argument("--per_shape", type=int, default=8, help="'a photo of a <shape>' pictures per shape and seed.")
-    p.add_argument("--steps", type=int, default=25, help="Sampling steps (DPM-Solver++).")
+    p.add_argument("--steps", type=int, default=defaults.INFERENCE_STEPS, help="Sampling steps (DPM-Solver++).")
     p.add_argument("--guidance", type=float, default=defaults.TOY_GUIDANCE, help="Classifier-free guidance scale.")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     args = p.parse_args(argv)

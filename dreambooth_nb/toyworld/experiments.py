@@ -14,8 +14,8 @@ import numpy as np
 
 from ..common import scenes
 from ..common.tables import Table
-from ..common.config import TOY_RUNS_DIR, TOY_STEPS, toy_dreambooth_config
-from ..common.defaults import fast_profile
+from ..common.config import TOY_RUNS_DIR, toy_dreambooth_config
+from ..common.defaults import TOY_FOLLOWING, TOY_JUDGED, TOY_STEPS, by_profile
 from . import evaluate
 from .evaluate import NEW_CONTEXTS, Scores, Spread, over_seeds
 
@@ -46,12 +46,12 @@ def toy_subject_images(n: int = 5):
 
 def sample_counts() -> dict:
     """Pictures judged per seed and model: fewer under the test profile (DREAMBOOTH_NB_FAST=1)."""
-    return dict(n=8, per_context=4) if fast_profile() else dict(n=16, per_context=8)
+    return dict(by_profile(TOY_JUDGED))
 
 
 def toy_prompt_following(pipe, seed: int = 0) -> dict:
     """How often the toy model draws what a fresh caption names (shape, colour, background, size, place)."""
-    return evaluate.prompt_following(pipe, seed, **(dict(n=40, per_shape=4) if fast_profile() else dict(n=100)))
+    return evaluate.prompt_following(pipe, seed, **by_profile(TOY_FOLLOWING))
 
 
 def toy_dreambooth_scores(pipe, seed: int = 0) -> dict:

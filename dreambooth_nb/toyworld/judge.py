@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..common import scenes
+from ..common.errors import MissingFileError
 
 MASK_SIZE = 12
 THRESHOLD = 0.18  # RGB distance (0-1 scale) above which a pixel belongs to the object
@@ -55,12 +56,25 @@ def colour_histogram(image) -> np.ndarray:
     x, mask = as_array(image), foreground(image)
     if not mask.any():
         return np.zeros(len(PALETTE), np.float32)
+    inner = eroded(mask)
+    if inner.sum() >= 4 * MIN_PIXELS:  # edge pixels blend object and background (red on yellow looks orange there)
+        mask = inner
     distances = np.linalg.norm(x[mask][:, None] - PALETTE[None], axis=-1)
     pure = distances.min(1) < PURE
     if pure.sum() >= MIN_PIXELS:
         distances = distances[pure]
     nearest = distances.argmin(1)
     return np.bincount(nearest, minlength=len(PALETTE)).astype(np.float32) / len(nearest)
+
+
+def eroded(mask: np.ndarray) -> np.ndarray:
+    """The mask without its outline: pixels whose four neighbours are all in it (stripes, 4 px or wider, stay)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
 
 
 def silhouette(image) -> np.ndarray:
@@ -210,7 +224,7 @@ def load_judge(path: str | Path | None = None) -> Judge:
 
     path = Path(path) if path else toy_world_dir() / "judge.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"No judge weights at {path}. Train them with "
+        raise MissingFileError(f"No judge weights at {path}. Train them with "
                                 f"`python -c 'from dreambooth_nb.toyworld import judge; judge.train_judge().save(\"{path}\")'`.")
     return Judge.load(path)
 

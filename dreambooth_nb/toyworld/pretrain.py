@@ -26,9 +26,27 @@ from ..models import Components, alphas_cumprod, tokenize_with_mask, vae_cells
 from ..train import checkpoint as ckpt
 from ..train.engine import Trainer
 from ..train.step import adamw, make_step, schedule_values
+from ..common.errors import InputError
 
 MAX_TOKENS = 20  # the longest caption is 16 tokens with <|startoftext|> and <|endoftext|>
 CHECKPOINT_EVERY = 200
+# Noise schedules the pilot compares (toyworld.pilot); each is a change to SD v1's scheduler config.
+# "sd": SD v1 as it ships (scaled_linear; terminal SNR 0.0047, so the noisiest latent still shows the picture's mean).
+# "zero-snr": the same betas rescaled to zero terminal SNR, v-prediction, trailing timesteps (Lin et al., 2024).
+# "cosine-v": the cosine schedule (Nichol & Dhariwal, 2021; terminal SNR 2e-9) with v-prediction, trailing timesteps.
+SCHEDULES = {
+    "sd": {},
+    "zero-snr": dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+    "cosine-v": dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"),
+}
+SAMPLER = "DPMSolverMultistepScheduler"  # the sampler the toy world ships with: it honours every schedule above
+
+
+def schedule_config(schedule: str) -> dict:
+    """The scheduler config of a named schedule (SCHEDULES)."""
+    if schedule not in SCHEDULES:
+        raise InputError(f"Unknown --schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    return {**sd_scheduler_config(), **SCHEDULES[schedule]}
 
 
 # ------------------------------------------------------------------------------ the networks
@@ -59,19 +77,22 @@ def text_config(vocab_size: int) -> dict:
     )
 
 
-def build_components(folder: Path, seed: int = defaults.SEED) -> Components:
-    """Tokenizer (written to folder/tokenizer), text encoder, VAE, UNet and noise schedule, freshly initialised."""
+def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "sd", vae_from: str | None = None) -> Components:
+    """Tokenizer (written to folder/tokenizer), text encoder, VAE, UNet and noise schedule, freshly initialised
+    (the VAE loaded from the model folder `vae_from` when given)."""
     import mindspore as ms
     from transformers import CLIPTextConfig
 
     diffusers = import_quietly("mindone.diffusers")
     CLIPTextModel = import_quietly("mindone.transformers").CLIPTextModel
-    tokenizer = write_tokenizer(folder / "tokenizer", scenes.WORDS, MAX_TOKENS)
+    tokenizer = write_tokenizer(folder / "tokenizer", scenes.VOCABULARY, MAX_TOKENS)
     ms.set_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer))))
+    vae = (diffusers.AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae")) if vae_from
+           else diffusers.AutoencoderKL(**vae_config()))
     return Components(
-        tokenizer, CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer)))),
-        diffusers.AutoencoderKL(**vae_config()), diffusers.UNet2DConditionModel(**unet_config()),
-        diffusers.DDPMScheduler.from_config(sd_scheduler_config()), str(folder))
+        tokenizer, text_encoder, vae, diffusers.UNet2DConditionModel(**unet_config()),
+        diffusers.DDPMScheduler.from_config(schedule_config(schedule)), str(folder), scheduler_class=SAMPLER)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -101,8 +122,9 @@ def denoise_loss_net(components: Components, snr_gamma: float | None):
     """The DreamBooth loss without prior and without VAE: the UNet + text encoder on latents given directly."""
     from ..losses import DreamBoothLoss
 
-    return DreamBoothLoss(components.unet, None, components.text_encoder, alphas_cumprod(components.noise_scheduler),
-                          1.0, "epsilon", snr_gamma=snr_gamma, train_text_encoder=True)
+    schedule = components.noise_scheduler
+    return DreamBoothLoss(components.unet, None, components.text_encoder, alphas_cumprod(schedule),
+                          1.0, schedule.config.prediction_type, snr_gamma=snr_gamma, train_text_encoder=True)
 
 
 def stage_trainer(loss_net, nets: dict, peak_lr: float, steps: int, weight_decay: float) -> Trainer:
@@ -123,8 +145,10 @@ class StageLog:
     seconds: float = 0.0
 
 
-def run_stage(name: str, trainer: Trainer, make_batch, steps: int, out: Path) -> StageLog:
-    """Run `steps` compiled steps, checkpointing to out/<name>/ every CHECKPOINT_EVERY; resumes from the latest checkpoint."""
+def run_stage(name: str, trainer: Trainer, make_batch, steps: int, out: Path, probe=None,
+              probe_every: int = 0) -> StageLog:
+    """Run `steps` compiled steps, checkpointing to out/<name>/ every CHECKPOINT_EVERY; resumes from the latest
+    checkpoint. probe(step), when given, runs every `probe_every` steps, right after that step's checkpoint."""
     folder = out / name
     log = StageLog([])
     latest = ckpt.find_checkpoint("latest", folder)
@@ -142,7 +166,62 @@ def run_stage(name: str, trainer: Trainer, make_batch, steps: int, out: Path) ->
             ckpt.prune_checkpoints(folder, 2)
             recent = float(np.mean(log.history[-CHECKPOINT_EVERY:]))
             print(f"{name} step {step + 1}/{steps} loss {recent:.4f} ({log.seconds / 60:.1f} min)", flush=True)
+        if probe is not None and probe_every and ((step + 1) % probe_every == 0 or step + 1 == steps):
+            probe(step + 1)
     return log
+
+
+# ------------------------------------------------------------------------------ the learning curve
+CURVE_SCORES = ("shape", "colour", "background", "size", "place", "background follows", "place follows")
+
+
+def curve_probe(components: Components, out: Path, seed: int):
+    """probe(step) for run_stage: how well the model follows prompts now (40 fresh captions, the context probe),
+    appended to out/curve.json (a step already there is skipped, so a resumed run keeps its curve) and drawn."""
+    from ..common.files import save_atomic
+    from ..sampling import pipeline_from_components
+    from .evaluate import context_following, prompt_following
+
+    path = out / "curve.json"
+
+    def probe(step: int) -> None:
+        curve = json.loads(path.read_text()) if path.is_file() else []
+        if any(point["step"] == step for point in curve):
+            return
+        nets = (components.unet, components.text_encoder)
+        for net in nets:
+            net.set_train(False)
+        pipe = pipeline_from_components(components, scheduler=SAMPLER)
+        kw = dict(steps=defaults.INFERENCE_STEPS, guidance=defaults.TOY_GUIDANCE)
+        scores = {**prompt_following(pipe, seed, n=40, per_shape=2, **kw), **context_following(pipe, seed, **kw)}
+        for net in nets:
+            net.set_train(True)
+        curve.append({"step": step, **{k: float(scores[k]) for k in CURVE_SCORES if k in scores}})
+        write_json_atomic(path, curve)
+        save_atomic(curve_figure(curve), out / "curve.png")
+        print(f"step {step}: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in curve[-1].items() if k != "step"),
+              flush=True)
+
+    return probe
+
+
+def curve_figure(curve: list[dict]):
+    """Prompt following against pretraining steps, one line per score."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    steps = [point["step"] for point in curve]
+    for key in CURVE_SCORES:
+        if key in curve[0]:
+            ax.plot(steps, [100 * point[key] for point in curve], marker="o", label=key)
+    ax.set_xlabel("UNet + text encoder steps")
+    ax.set_ylabel("judge agrees (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("Pretraining: prompt following (40 fresh captions; context probe, 8 noises)")
+    fig.tight_layout()
+    return fig
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:
@@ -231,7 +310,7 @@ def train_unet(components: Components, latents: np.ndarray, captions: list[str],
     unet, text_encoder = components.unet, components.text_encoder
     unet.set_train(True)
     text_encoder.set_train(True)
-    trainer = stage_trainer(denoise_loss_net(components, args.snr_gamma), {"unet": unet, "text_encoder": text_encoder},
+    trainer = stage_trainer(denoise_loss_net(components, args.snr_gamma or None), {"unet": unet, "text_encoder": text_encoder},
                             args.lr, args.unet_steps, 1e-2)
     ids, mask = tokenize_with_mask(components.tokenizer, captions)
     empty, _ = tokenize_with_mask(components.tokenizer, "")
@@ -243,10 +322,13 @@ def train_unet(components: Components, latents: np.ndarray, captions: list[str],
         idx = rng.integers(0, len(latents), args.batch)
         tokens = np.where(rng.random((args.batch, 1)) < args.drop, empty, ids[idx]).astype(np.int32)
         noise = rng.standard_normal((args.batch, *latents.shape[1:]), dtype=np.float32)
+        if args.offset_noise:  # a constant per picture and channel (the reference's --offset_noise, 0.1)
+            noise += args.offset_noise * rng.standard_normal((args.batch, latents.shape[1], 1, 1), dtype=np.float32)
         t = rng.integers(0, timesteps, args.batch).astype(np.int32)
         return latents[idx], tokens, mask[idx], unused_vae_noise, noise, t
 
-    return run_stage("unet", trainer, batch, args.unet_steps, out)
+    probe = curve_probe(components, out, args.seed) if args.curve_every else None
+    return run_stage("unet", trainer, batch, args.unet_steps, out, probe, args.curve_every)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -267,9 +349,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--drop", type=float, default=0.1, help="Share of empty captions (classifier-free guidance).")
-    p.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR loss weighting (Hang et al. 2023).")
+    p.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR loss weighting (Hang et al. 2023); 0: none.")
+    p.add_argument("--schedule", default="sd", choices=list(SCHEDULES), help="Noise schedule (see SCHEDULES).")
+    p.add_argument("--offset_noise", type=float, default=0.0, help="Offset noise scale in the UNet stage (0: none).")
+    p.add_argument("--curve_every", type=int, default=1000, help="Measure prompt following every this many UNet "
+                   "steps (out/curve.json, out/curve.png); 0: never.")
+    p.add_argument("--vae_from", default=None, help="Take the VAE from this model folder (skips the VAE stages).")
+    p.add_argument("--named", type=float, default=scenes.NAMED, help="Share of captions naming a thing by a rare word.")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld.")
     return p.parse_args(argv)
+
+
+def fit_vae(components: Components, made: list[scenes.Scene], args, out: Path) -> dict:
+    """Stages 1 and 2 (VAE, then its decoder alone), unless the VAE came from --vae_from; their logs and round trip."""
+    if args.vae_from:
+        return dict(vae=StageLog([]), decoder=StageLog([]), round_trip=vae_round_trip_agreement(components.vae))
+    pictures = vae_pictures(made, args.vae_stripes, args.seed)
+    vae_log = train_vae(components.vae, pictures, args, out)
+    print(f"VAE round trip, judge agreement on fresh pictures: {vae_round_trip_agreement(components.vae)}", flush=True)
+    decoder_log = train_decoder(components.vae, pictures, args, out)
+    round_trip = vae_round_trip_agreement(components.vae)
+    print(f"... after the decoder stage: {round_trip}", flush=True)
+    return dict(vae=vae_log, decoder=decoder_log, round_trip=round_trip)
+
+
+def scaled_latents(components: Components, images: np.ndarray, out: Path, keep_scale: bool) -> np.ndarray:
+    """Every picture's latents, scaled to unit spread (the factor goes into the VAE's config, unless keep_scale: a VAE
+    loaded from a model keeps its own); cached in out/, so a resumed run does not encode again."""
+    cache = out / f"latents-{len(images)}.npy"
+    if cache.is_file():
+        latents = np.load(cache)
+    else:
+        latents = encode_latents(components.vae, images)
+        np.save(cache, latents)
+    if not keep_scale:
+        components.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return latents * float(components.vae.config.scaling_factor)
 
 
 def main(argv=None) -> Path:
@@ -282,25 +397,19 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall, cpu = time.time(), time.process_time()
-    components = build_components(out, args.seed)
-    images, captions, made = scenes.dataset(args.images, args.seed)
-    pictures = vae_pictures(made, args.vae_stripes, args.seed)
-    vae_log = train_vae(components.vae, pictures, args, out)
-    print(f"VAE round trip, judge agreement on fresh pictures: {vae_round_trip_agreement(components.vae)}", flush=True)
-    decoder_log = train_decoder(components.vae, pictures, args, out)
-    del pictures
-    round_trip = vae_round_trip_agreement(components.vae)
-    print(f"... after the decoder stage: {round_trip}", flush=True)
-    latents = encode_latents(components.vae, images)
-    scale = float(1.0 / latents.std())
-    components.vae.register_to_config(scaling_factor=scale)
-    unet_log = train_unet(components, latents * scale, captions, args, out)
+    components = build_components(out, args.seed, args.schedule, args.vae_from)
+    images, captions, made = scenes.dataset(args.images, args.seed, named=args.named)
+    vae = fit_vae(components, made, args, out)
+    latents = scaled_latents(components, images, out, keep_scale=bool(args.vae_from))
+    del images
+    unet_log = train_unet(components, latents, captions, args, out)
     save_pipeline(components, out / "model")
     judge.train_judge().save(out / "judge.npz")
-    summary = dict(args=vars(args), vae_loss=float(np.mean(vae_log.history[-100:])), vae_round_trip=round_trip,
-                   decoder_loss=float(np.mean(decoder_log.history[-100:])) if decoder_log.history else None,
-                   unet_loss=float(np.mean(unet_log.history[-100:])), scaling_factor=scale,
-                   stage_s={"vae": vae_log.seconds, "decoder": decoder_log.seconds, "unet": unet_log.seconds},
+    logs = {"vae": vae["vae"], "decoder": vae["decoder"], "unet": unet_log}
+    summary = dict(args=vars(args), vae_round_trip=vae["round_trip"],
+                   **{f"{k}_loss": float(np.mean(v.history[-100:])) if v.history else None for k, v in logs.items()},
+                   scaling_factor=float(components.vae.config.scaling_factor),
+                   stage_s={k: v.seconds for k, v in logs.items()},
                    last_process=dict(wall_s=time.time() - wall, cpu_s=time.process_time() - cpu),
                    versions={p: runtime.installed_version(p) for p in ("mindspore", "mindone")})
     write_json_atomic(out / "summary.json", summary)
