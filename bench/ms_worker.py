@@ -16,9 +16,9 @@ def bench_train(model: str, photos: str, batch: int, prior: bool, lora: bool = F
     """Seconds of each engine step; with lora, the engine's LoRA method (rank-4 adapters, the base frozen)."""
     from dreambooth_nb.batches import BatchMaker, latent_shape, load_image_set
     from dreambooth_nb.common.config import LoraTrainConfig, TrainConfig
-    from dreambooth_nb.lora import LoraAdapters
+    from dreambooth_nb.lora import LORA
     from dreambooth_nb.models import load_components
-    from dreambooth_nb.train.engine import FullFineTuning, build_trainer
+    from dreambooth_nb.train.engine import FULL_FINE_TUNING, build_trainer
 
     size = native_resolution(model)
     settings = dict(pretrained_model_name_or_path=model, instance_data_dir=photos, resolution=size,
@@ -30,7 +30,7 @@ def bench_train(model: str, photos: str, batch: int, prior: bool, lora: bool = F
     classes = load_image_set(photos, config.class_prompt, components.tokenizer, size) if prior else None
     config = config.replace(with_prior_preservation=prior, class_data_dir=photos if prior else None)
     steps = WARMUP_STEPS + STEADY_STEPS + 1
-    trainer = build_trainer(config, components, steps, method=LoraAdapters(LORA_RANK) if lora else FullFineTuning())
+    trainer = build_trainer(config, components, steps, method=LORA if lora else FULL_FINE_TUNING)
     make = BatchMaker(images, classes, config, latent_shape(components, size), 1000, 0)
     seconds = []
     for step in range(steps):

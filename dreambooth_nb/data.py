@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .common.assets import portrait_photo, subject_photos_dir
-from .common.errors import UserError
+from .common.errors import InputError, UserError
 from .common.files import cache_dir, file_hash, replace_dir, save_atomic
 from .common.hub import is_hub_id, offline_reason
 from .common.tables import Table
@@ -232,6 +232,9 @@ class ImageReport(Table):
 
 def check_images(folder: str | os.PathLike, resolution: int = 512) -> ImageReport:
     """Check every file of a folder before training, changing nothing in it; returns the report table."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
+        raise InputError(f"resolution={resolution!r}: give the training size in pixels as a whole number, e.g. 512 "
+                         f"(or 32 for the toy-world model; 0 checks no size).")
     folder = existing_folder(folder)
     checks, seen = [], {}
     for path in sorted(folder.iterdir()):

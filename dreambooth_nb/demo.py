@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import defaults
+
 PROMPTS = ["a photo of sks star", "a photo of sks star on a white background", "a photo of a big sks star",
            "a photo of sks star on a green background", "a photo of a star", "a photo of a red circle"]
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     db.setup(device=args.device)
     config = db.subject_config(  # shortened under DREAMBOOTH_NB_FAST=1
         with_prior=False, pretrained_model_name_or_path=args.model or db.DEFAULT_MODEL, output_dir=str(out / "model"),
-        train_batch_size=4, max_train_steps=args.steps, learning_rate=1e-4, lr_warmup_steps=0,
+        train_batch_size=4, max_train_steps=args.steps, learning_rate=defaults.TOY_LEARNING_RATE, lr_warmup_steps=0,
     )
     components = db.load_components(config.pretrained_model_name_or_path)
     pipe = sampling_pipeline(components)

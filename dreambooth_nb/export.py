@@ -12,8 +12,43 @@ import os
 from pathlib import Path
 
 from .common.commands import QuietParser, run_command
+from .common.errors import MissingFileError
+from .common.files import share_modes, write_json_atomic
 
 TARGETS = ("diffusers-pt", "single-file")
+# How export knows a target is its own earlier output (and may be replaced): a folder holds this file; a single file
+# carries this key in its safetensors metadata. Anything else already there is the user's and is never overwritten.
+EXPORT_MARK = ".dreambooth-nb-export.json"
+EXPORT_TAG = "dreambooth_nb_export"
+
+
+def earlier_export(dest: Path) -> bool:
+    """True when `dest` is what an earlier export wrote (its mark is there)."""
+    if dest.is_dir():
+        return (dest / EXPORT_MARK).is_file()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(dest), framework="np") as f:
+            return EXPORT_TAG in (f.metadata() or {})
+    except Exception:  # not a safetensors file at all
+        return False
+
+
+def check_target(dest: Path, to: str) -> None:
+    """Refuse a target that already holds something other than an empty folder or an earlier export of ours."""
+    from .common.formats import FormatError
+
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return
+    if dest.is_dir() != (to == "diffusers-pt"):
+        kind = "a folder" if dest.is_dir() else "a file"
+        raise FormatError(f"{dest} is {kind}; --to {to} writes {'a folder' if to == 'diffusers-pt' else 'one file'}: "
+                          f"give another name. Nothing was written.")
+    if not earlier_export(dest):
+        raise FormatError(f"{dest} already holds files that no export wrote (it has no {EXPORT_MARK}"
+                          f"{'' if dest.is_dir() else ' tag'}), and export replaces its target whole: give a new "
+                          f"name, or move those files away first. Nothing was written.")
 
 
 def base_model_folder(source: Path) -> Path | None:
@@ -34,7 +69,7 @@ def export_model(source: str | os.PathLike, to: str, dest: str | os.PathLike, ba
 
     source, dest = Path(source).expanduser(), Path(dest).expanduser()
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist: pass a training --output_dir, a saved pipeline folder or "
+        raise MissingFileError(f"{source} does not exist: pass a training --output_dir, a saved pipeline folder or "
                                 f"a .safetensors single file.")
     if to not in TARGETS:
         raise formats.FormatError(f"--to {to!r} is not a target: use one of {', '.join(TARGETS)}.")
@@ -43,14 +78,21 @@ def export_model(source: str | os.PathLike, to: str, dest: str | os.PathLike, ba
             f"{source} holds a LoRA adapter, already one file ({formats.LORA_FILES[0]}) that diffusers on PyTorch "
             f"loads as it is: pipe.load_lora_weights({str(source)!r}). Export the base model it was trained on "
             f"instead.")
+    check_target(dest, to)
     if source.is_file():
         if to != "diffusers-pt":
             raise formats.FormatError(f"{source} is already a single file; export it --to diffusers-pt.")
-        return formats.single_file_to_folder(source, dest, config)
+        return marked(formats.single_file_to_folder(source, dest, config), source)
     fill = Path(base).expanduser() if base else base_model_folder(source)
     if to == "diffusers-pt":
-        return formats.to_diffusers_pt(source, dest, fill)
-    return formats.write_single_file(source, dest, fill)
+        return marked(formats.to_diffusers_pt(source, dest, fill), source)
+    return share_modes(formats.write_single_file(source, dest, fill, extra_metadata={EXPORT_TAG: str(source)}))
+
+
+def marked(folder: Path, source: Path) -> Path:
+    """An exported folder with its mark (so a later export may replace it) and shareable file modes."""
+    write_json_atomic(folder / EXPORT_MARK, {"exported_from": str(source)})
+    return share_modes(folder)
 
 
 def loading_hint(to: str, dest: Path) -> str:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .common import defaults
-from .common.assets import guidance_for, is_diffusers_folder, resolve_model, training_settings
+from .common.assets import is_diffusers_folder, resolve_model, training_settings
 from .common.runtime import import_quietly
-from .sampling import generate, pipeline_from_components, save_images, with_scheduler
+from .sampling import generate, pipeline_from_components, remember_guidance, save_images, with_scheduler
+from .common.errors import InputError, MissingFileError
 
 
 def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = defaults.SAMPLER):
@@ -33,7 +34,7 @@ def load_pipeline(model: str | os.PathLike | None = None, scheduler: str = defau
     else:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(resolve_model(model))
     pipe.set_progress_bar_config(disable=True)
-    pipe.guidance_default = guidance_for(model)
+    remember_guidance(pipe, model)
     return with_scheduler(pipe, scheduler)
 
 
@@ -61,7 +62,7 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
     folder = Path(model)
     parts = [name for name in ("unet", "text_encoder") if (folder / name / "config.json").is_file()]
     if not parts:
-        raise FileNotFoundError(f"{folder} holds no unet/ or text_encoder/ folder: give a training output_dir or "
+        raise MissingFileError(f"{folder} holds no unet/ or text_encoder/ folder: give a training output_dir or "
                                 f"one of its checkpoint-N folders.")
     for name in parts:
         target = getattr(pipe, name)
@@ -70,7 +71,7 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
         by_name = {param.name: values[key] for key, param in target.parameters_and_names()}
         not_loaded, _ = ms.load_param_into_net(target, by_name, strict_load=True)
         if not_loaded:
-            raise ValueError(f"{folder / name} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
+            raise InputError(f"{folder / name} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
     return parts
 
 

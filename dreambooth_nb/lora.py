@@ -1,7 +1,7 @@
 """Chapter 08: LoRA DreamBooth. Small adapters W + (alpha/r)·B·A on the attention projections, trained by the same
 engine as full fine-tuning, saved as one small file that mindone and diffusers on PyTorch both load.
 
-Training goes through train.engine with the LoraAdapters method: the base weights are frozen, only the adapters
+Training goes through train.engine with the LORA method: the base weights are frozen, only the adapters
 (mindone's own PEFT layers, compiled on CPU like the rest) are trained and checkpointed.
 """
 
@@ -9,66 +9,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .common import defaults
-from .common.config import LoraTrainConfig
-from .common.files import write_text_atomic
+from .common.config import LoraTrainConfig, names_with
+from .common.files import share_modes, write_text_atomic
 from .common.formats import LORA_FILES
 from .common.tables import Table
 from .models import Components
-from .train.engine import FullFineTuning, networks_to_train
+from .train.adapters import has_adapter
+from .train.engine import StableDiffusionMethod
 from .widgets import GeneratePanel, TrainPanel
+from .common.errors import MissingFileError
 
 ADAPTER_FILE = LORA_FILES[0]  # the name diffusers' save_lora_weights / load_lora_weights use
 UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")  # as mindone's reference script
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def adapter_config(rank: int, targets: tuple):
-    """mindone's LoraConfig: rank r, alpha = r (scale 1), Gaussian A and zero B (training starts at the base model)."""
-    from mindone.diffusers._peft import LoraConfig
+def save_sd_adapters(components: Components, output_dir: Path, config) -> Path:
+    """LoRA's result: output_dir/pytorch_lora_weights.safetensors (diffusers key names) and the settings beside it."""
+    from mindone.diffusers import StableDiffusionPipeline
 
-    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
-
-
-def has_adapter(net) -> bool:
-    """True when a network already carries the adapters (a second run in the same kernel trains them further)."""
-    return "default" in (getattr(net, "peft_config", None) or {})
+    return save_adapters(StableDiffusionPipeline, {"unet": components.unet, "text_encoder": components.text_encoder},
+                         output_dir, config)
 
 
-def adapter_parameters(net) -> list:
-    """The adapter weights of a network (lora_A and lora_B of every target)."""
-    return [p for name, p in net.parameters_and_names() if ".lora_" in name]
-
-
-@dataclass(frozen=True)
-class LoraAdapters(FullFineTuning):
-    """What LoRA trains and keeps (a method for train_dreambooth): rank-r adapters, nothing else."""
-
-    whole_networks_in_checkpoints: bool = False  # a checkpoint holds the adapters only: a few MB
-    rank: int = 4
-
-    def networks(self, config, components: Components) -> dict:
-        """The UNet (and text encoder when asked) with adapters added once; only the adapters trainable."""
-        nets = networks_to_train(config, components)
-        for name, net in nets.items():
-            for p in net.get_parameters():
-                p.requires_grad = False
-            if not has_adapter(net):
-                net.add_adapter(adapter_config(self.rank, UNET_TARGETS if name == "unet" else TEXT_TARGETS))
-            for p in adapter_parameters(net):
-                p.requires_grad = True
-        return nets
-
-    def save_result(self, components: Components, output_dir: Path, config) -> None:
-        """output_dir/pytorch_lora_weights.safetensors (diffusers key names) and the settings beside it."""
-        save_adapters(components, output_dir, config)
+# LoRA DreamBooth on Stable Diffusion: rank --lora_rank adapters on the UNet's attention (and the text encoder's with
+# --train_text_encoder), nothing else trains; a checkpoint and the result hold the adapters only (a few MB)
+LORA = StableDiffusionMethod(
+    LoraTrainConfig, "LoRA DreamBooth with MindSpore + mindone; flags match mindone's train_dreambooth_lora.py.",
+    "adapters", (("unet", UNET_TARGETS), ("text_encoder", TEXT_TARGETS)), save_sd_adapters)
 
 
 def adapter_state(net) -> dict:
@@ -79,47 +55,30 @@ def adapter_state(net) -> dict:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(net))
 
 
-def save_adapters(components: Components, output_dir: Path, config) -> Path:
-    """Write the adapter file (unet.* and text_encoder.* keys, as diffusers' save_lora_weights) atomically."""
-    from mindone.diffusers import StableDiffusionPipeline
-
+def save_adapters(pipeline_class, nets: dict, output_dir: Path, config) -> Path:
+    """Write the adapter file of `nets` ({'unet': ..., 'text_encoder': ..., 'text_encoder_2': ...}; a network without
+    adapters is left out) as pipeline_class.save_lora_weights names its keys, with the settings beside it; each file
+    is written whole, then renamed into place."""
     from .common.cards import shareable_settings
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".lora.tmp-{os.getpid()}"  # written whole first, then each file renamed into place
-    text = adapter_state(components.text_encoder) if has_adapter(components.text_encoder) else None
-    StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=adapter_state(components.unet),
-                                              text_encoder_lora_layers=text)
+    tmp = output_dir / f".lora.tmp-{os.getpid()}"
+    layers = {f"{name}_lora_layers": adapter_state(net) if has_adapter(net) else None for name, net in nets.items()}
+    pipeline_class.save_lora_weights(str(tmp), **layers)
     write_text_atomic(tmp / "train_config.json", json.dumps(shareable_settings(config), indent=1))
     for part in tmp.iterdir():
         os.replace(part, output_dir / part.name)
     tmp.rmdir()
-    return output_dir / ADAPTER_FILE
+    return share_modes(output_dir / ADAPTER_FILE)
 
 
 # ------------------------------------------------------------------------------ training
-def examples_per_epoch(config: LoraTrainConfig) -> int:
-    """An epoch as the reference counts it: every instance photo once (or every class image, when more)."""
-    from .common.assets import subject_photos_dir
-    from .data import check_images
-
-    photos = len(check_images(config.instance_data_dir or subject_photos_dir(), config.resolution).usable)
-    return max(photos, config.num_class_images if config.with_prior_preservation else 0, 1)
-
-
-def validation_every(config: LoraTrainConfig) -> int:
-    """--validation_epochs in optimizer steps."""
-    per_step = config.train_batch_size * config.gradient_accumulation_steps
-    return config.validation_epochs * max(1, math.ceil(examples_per_epoch(config) / per_step))
-
-
 def train_lora(config: LoraTrainConfig, components: Components | None = None, progress: bool = True, on_step=None):
     """LoRA DreamBooth on the training engine; returns its TrainResult (the adapter file in config.output_dir)."""
     from .train.engine import train_dreambooth
 
-    config = config.replace(validation_steps=validation_every(config))
-    return train_dreambooth(config, components, progress, on_step, method=LoraAdapters(rank=config.lora_rank))
+    return train_dreambooth(config, components, progress, on_step, method=LORA)
 
 
 # ------------------------------------------------------------------------------ inference
@@ -128,7 +87,7 @@ def adapter_file(folder: str | os.PathLike) -> Path:
     path = Path(folder)
     path = path / ADAPTER_FILE if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: give the output folder of a LoRA run "
+        raise MissingFileError(f"{path} does not exist: give the output folder of a LoRA run "
                                 f"(python -m dreambooth_nb.train_lora) or its {ADAPTER_FILE}.")
     return path
 
@@ -160,15 +119,27 @@ def adapter_updates(adapters: str | os.PathLike, prefix: str = "unet.") -> dict[
     return updates
 
 
+# A pipeline's weights as they were before merge_adapters changed them, kept here (weak keys), not on the pipeline.
+_BASE_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def adapted_networks(pipe) -> dict:
+    """{key prefix in the adapter file: network} for every network of the pipeline an adapter file may change
+    (SDXL's second text encoder included)."""
+    nets = {"unet.": pipe.unet, "text_encoder.": pipe.text_encoder,
+            "text_encoder_2.": getattr(pipe, "text_encoder_2", None)}
+    return {prefix: net for prefix, net in nets.items() if net is not None}
+
+
 def merge_adapters(pipe, adapters: str | os.PathLike, strength: float = 1.0) -> int:
     """Put W + strength·(alpha/r)·B·A into the pipeline's own weights (as fuse_lora does); returns how many weights
     changed. The compiled sampler stays as it is, so a new strength costs nothing: call it again, or unmerge."""
     import mindspore as ms
 
     unmerge_adapters(pipe)
-    base = pipe.__dict__.setdefault("_base_weights", {})
+    base = _BASE_WEIGHTS.setdefault(pipe, {})
     count = 0
-    for prefix, net in (("unet.", pipe.unet), ("text_encoder.", pipe.text_encoder)):
+    for prefix, net in adapted_networks(pipe).items():
         params = dict(net.parameters_and_names())
         for name, update in adapter_updates(adapters, prefix).items():
             param = params[name]
@@ -182,8 +153,8 @@ def unmerge_adapters(pipe) -> None:
     """Give the pipeline its base weights back."""
     import mindspore as ms
 
-    base = pipe.__dict__.get("_base_weights", {})
-    nets = {"unet.": pipe.unet, "text_encoder.": pipe.text_encoder}
+    base = _BASE_WEIGHTS.get(pipe, {})
+    nets = adapted_networks(pipe)
     for (prefix, name), value in base.items():
         param = dict(nets[prefix].parameters_and_names())[name]
         param.set_data(ms.Tensor(value, dtype=param.dtype))
@@ -294,17 +265,14 @@ def compare_methods(config: LoraTrainConfig, seed: int = 0) -> MethodComparison:
     return MethodComparison(measures)
 
 
-SAME_RUN = ("pretrained_model_name_or_path", "instance_prompt", "with_prior_preservation", "lora_rank",
-            "learning_rate", "max_train_steps", "train_batch_size", "seed")
-
-
 def finished_run_of(config: LoraTrainConfig) -> bool:
     """True when config.output_dir holds the adapters of a finished run with this config's main settings."""
     saved = Path(config.output_dir) / "train_config.json"
     if not ((Path(config.output_dir) / ADAPTER_FILE).is_file() and saved.is_file()):
         return False
     settings = json.loads(saved.read_text(encoding="utf-8"))
-    return all(settings.get(k) == getattr(config, k) for k in SAME_RUN)
+    same_run = (*names_with(config, "resume_must_match"), "max_train_steps")  # what a resume keeps, and the length
+    return all(settings.get(k) == getattr(config, k) for k in same_run)
 
 
 def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), seed: int = 0) -> "RankSweep":

@@ -7,6 +7,7 @@ from mindspore import nn, ops
 
 from .common.config import TrainConfig
 from .models import Components, add_noise, alphas_cumprod
+from .common.errors import InputError
 
 
 def per_example_mse(pred: ms.Tensor, target: ms.Tensor) -> ms.Tensor:
@@ -51,7 +52,7 @@ class DreamBoothLoss(nn.Cell):
                  use_attention_mask: bool = False, class_labels_conditioning: str | None = None):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"Unknown prediction_type {prediction_type!r} in the scheduler config.")
+            raise InputError(f"Unknown prediction_type {prediction_type!r} in the scheduler config.")
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.alphas_cumprod = ms.Tensor(alphas_cumprod, ms.float32)
         self.scaling_factor = scaling_factor

@@ -10,6 +10,7 @@ from typing import Any
 from .common.assets import SUPPORTED_TEXT_ENCODERS, downsampling_factor, read_subfolder_config, resolve_model
 from .common.runtime import import_quietly
 from .common.tables import Table
+from .common.errors import InputError, MissingFileError
 
 @dataclass
 class Components:
@@ -45,11 +46,11 @@ def require_model_parts(source: str, tokenizer_name: str | None = None, sdxl: bo
         return
     wanted = [p for p in MODEL_PARTS if not (p == "tokenizer" and tokenizer_name)]
     if sdxl is False and (folder / "text_encoder_2").is_dir():
-        raise FileNotFoundError(f"{folder} is a Stable Diffusion XL model (it has text_encoder_2/): train it with "
+        raise MissingFileError(f"{folder} is a Stable Diffusion XL model (it has text_encoder_2/): train it with "
                                 f"python -m dreambooth_nb.train_sdxl_lora, sample it with db.load_sdxl_pipeline.")
     missing = [p for p in wanted if not (folder / p).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{folder} has no {', '.join(p + '/' for p in missing)} folder: a Stable Diffusion "
+        raise MissingFileError(f"{folder} has no {', '.join(p + '/' for p in missing)} folder: a Stable Diffusion "
                                 f"model in diffusers layout holds {', '.join(MODEL_PARTS)} (and vae). Save the whole "
                                 f"pipeline with save_pretrained, or give a hub id.")
 
@@ -66,7 +67,7 @@ def hub_access(source: str, revision: str | None = None) -> dict:
         return {}
     if read_subfolder_config(source, "unet", revision) is not None:
         return {"local_files_only": True}
-    raise FileNotFoundError(f"Cannot download {source} because {reason}, and it is not in the hub cache. Download it "
+    raise MissingFileError(f"Cannot download {source} because {reason}, and it is not in the hub cache. Download it "
                             f"on a connected machine (huggingface-cli download {source}) or give a local folder.")
 
 
@@ -88,7 +89,7 @@ def text_encoder_class(model: str, revision: str | None = None):
         config = PretrainedConfig.get_config_dict(model, subfolder="text_encoder", revision=revision)[0]
     architecture = (config.get("architectures") or ["CLIPTextModel"])[0]
     if architecture not in SUPPORTED_TEXT_ENCODERS:
-        raise ValueError(
+        raise InputError(
             f"{model} uses a {architecture} text encoder; mindone 0.3.0 DreamBooth here supports "
             f"{', '.join(SUPPORTED_TEXT_ENCODERS)} (Stable Diffusion 1.x/2.x). Pick an SD 1.x/2.x model."
         )
@@ -253,7 +254,7 @@ def vae_round_trip(components: Components, image, resolution: int | None = None)
     from .common.viz import to_pil
 
     if components.vae is None:
-        raise ValueError(f"{components.source} has no VAE (no vae/ folder): its UNet works on pixels directly.")
+        raise InputError(f"{components.source} has no VAE (no vae/ folder): its UNet works on pixels directly.")
     resolution = resolution or model_resolution(components)
     photo = data.crop(data.resize_shorter(image, resolution), resolution)
     encode, decode = vae_cells(components.vae)

@@ -18,6 +18,7 @@ from .common.runtime import ensure_setup
 from .common.world import World, barrier
 from .common.tables import Table
 from .models import Components
+from .common.errors import InputError
 
 CLASS_NAME = re.compile(r"^class-(\d{4,})-[0-9a-f]{8}\.png$")
 
@@ -112,7 +113,7 @@ def ensure_class_images(config: TrainConfig, components: Components, progress: b
         with generation_precision(components, config.prior_generation_precision):
             generate_class_images(pipe, folder, config.class_prompt,
                                   config.num_class_images, config.sample_batch_size,
-                                  seed=defaults.SEED if config.seed is None else config.seed, progress=progress)
+                                  seed=config.seed_used, progress=progress)
     return folder
 
 
@@ -174,7 +175,7 @@ def load_training_data(config: TrainConfig, components: Components, world: World
 def training_batch(config: TrainConfig, components: Components, step: int = 0) -> Batch:
     """Step `step`'s batch built by the trainer's own code (BatchMaker); makes class images if missing."""
     instance, classes = load_training_data(config, components)
-    seed = defaults.SEED if config.seed is None else config.seed
+    seed = config.seed_used
     maker = BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
                        components.noise_scheduler.config.num_train_timesteps, seed)
     arrays = maker(step)
@@ -220,7 +221,7 @@ def prior_loss_terms(config: TrainConfig, components: Components, batch: Batch, 
     from .losses import loss_network
 
     if not config.with_prior_preservation or "class" not in batch.halves:
-        raise ValueError("prior_loss_terms needs a batch made with with_prior_preservation=True "
+        raise InputError("prior_loss_terms needs a batch made with with_prior_preservation=True "
                          "(config = db.subject_config(with_prior=True)).")
     ensure_setup()
     half = len(batch.pixels) // 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -17,8 +18,13 @@ import numpy as np
 from .common import defaults
 from .common.assets import guidance_for
 from .common.cards import shareable_settings
-from .common.files import replace_dir, save_atomic
+from .common.files import replace_dir, save_atomic, share_modes
 from .common.runtime import import_quietly
+from .common.errors import InputError
+
+# The guidance scale each pipeline samples with by default, kept here rather than on the pipeline (an object of
+# mindone's): weak keys, so a pipeline that is dropped takes its entry with it.
+_GUIDANCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 SCHEDULERS = ("DPMSolverMultistepScheduler", "PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
 
@@ -26,7 +32,7 @@ SCHEDULERS = ("DPMSolverMultistepScheduler", "PNDMScheduler", "DDIMScheduler", "
 def with_scheduler(pipe, name: str = defaults.SAMPLER):
     """Swap the pipeline's sampler for another diffusers scheduler built from the same config."""
     if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
+        raise InputError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
     diffusers = import_quietly("mindone.diffusers")
     pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
     return pipe
@@ -43,8 +49,13 @@ def pipeline_from_components(components, scheduler: str | None = None, skip_text
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    pipe.guidance_default = guidance_for(components.source)
+    remember_guidance(pipe, components.source)
     return pipe
+
+
+def remember_guidance(pipe, model: str | os.PathLike | None) -> None:
+    """Record the guidance scale `pipe` samples with by default: the toy world's for its models, else the reference's."""
+    _GUIDANCE[pipe] = guidance_for(model)
 
 
 def sampling_pipeline(components, scheduler: str = defaults.SAMPLER):
@@ -59,7 +70,7 @@ def default_size(pipe) -> int:
 
 def default_guidance(pipe) -> float:
     """The guidance scale to sample this pipeline with: the toy world's for toy-world models, else the reference's."""
-    return float(getattr(pipe, "guidance_default", defaults.REFERENCE_GUIDANCE))
+    return float(_GUIDANCE.get(pipe, defaults.REFERENCE_GUIDANCE))
 
 
 def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = defaults.SEED,
@@ -74,10 +85,11 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
     a pipeline, and a picture does not depend on how many others were drawn with it (another batch shape
     is another graph, with last-bit differences). Use batch_size=1 for single pictures from a large model.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"Got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
+    prompts, seeds = checked_prompts_and_seeds(prompts, seeds)
+    if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
+                                            or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        raise InputError(f"num_inference_steps={num_inference_steps!r}: give a whole number of denoising steps, at "
+                         f"least 1 (25 is the course's; None picks it).")
     size = size or default_size(pipe)
     steps = num_inference_steps or defaults.inference_steps()
     guidance = default_guidance(pipe) if guidance_scale is None else guidance_scale
@@ -91,6 +103,23 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
                    height=size, width=size, generator=generators, output_type="pil")
         images += list(out[0])[:len(chunk)]
     return images
+
+
+def checked_prompts_and_seeds(prompts, seeds) -> tuple[list[str], list[int]]:
+    """(prompts, one seed each) from a prompt or a list of them and a first seed or a list of seeds; InputError with
+    what to give otherwise."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InputError(f"prompts={prompts!r}: give a prompt or a list of prompts, e.g. 'a photo of sks star'.")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds, seeds + len(prompts)))
+    if not isinstance(seeds, (list, tuple, range)) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                for s in seeds):
+        raise InputError(f"seeds={seeds!r}: give a whole number (the first seed) or one whole number per prompt.")
+    if len(seeds) != len(prompts):
+        raise InputError(f"Got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
+    return list(prompts), list(seeds)
 
 
 def save_images(images: Sequence, folder: str | os.PathLike, prefix: str = "image") -> list[Path]:
@@ -123,7 +152,7 @@ def save_pipeline(components, output_dir: str | os.PathLike, settings=None, skip
             shutil.rmtree(output_dir / "text_encoder", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output_dir
+    return share_modes(output_dir)
 
 
 # ------------------------------------------------------------------ guided sampling, step by step

@@ -18,6 +18,7 @@ from .common import defaults, scenes
 from .common.assets import guidance_for
 from .common.config import ConfigError, playground_config
 from .common.viz import in_ipython
+from .common.errors import MissingFileError
 
 ERROR_STYLE = "color:#b00020"
 
@@ -403,7 +404,7 @@ class GeneratePanel:
         stamp = _model_stamp(source)
         if name not in self._pipes or self._pipes[name][0] != stamp:
             if stamp is None and name != "base":
-                raise FileNotFoundError(f"No fine-tuned model in {source}: press Train (or run panel.run()) first.")
+                raise MissingFileError(f"No fine-tuned model in {source}: press Train (or run panel.run()) first.")
             self._pipes[name] = (stamp, load_pipeline(source))
         return self._pipes[name][1]
 

@@ -118,3 +118,64 @@ def test_sigterm_writes_a_checkpoint_and_exits_130(tmp_path):
     step = int(last.name.split("-")[1])
     assert step >= 3 and f"interrupted after {step} steps" in output
     assert (out / "model_index.json").is_file() and not list(out.glob(".*tmp*"))
+
+
+def _other_value(f, config_class):
+    """A value of the field's type unlike its default: 0 / 0.0 for numbers whose default is not zero, True <-> False,
+    a choice other than the default, a short text."""
+    from dataclasses import MISSING
+
+    from dreambooth_nb.common.config import _kind
+
+    default = f.default if f.default is not MISSING else f.default_factory()
+    kind, _ = _kind(str(f.type))
+    choices = [c for c in (f.metadata.get("choices") or ()) if c is not None and c != default]
+    if choices:
+        return choices[0]
+    if kind is bool:
+        return not default
+    if kind is int:
+        return 0 if default != 0 else 3
+    if kind is float:
+        return 0.0 if default != 0.0 else 0.5
+    if kind is list:
+        return ["x.png"]
+    return "" if default not in ("", None) else "some-text"
+
+
+@pytest.mark.parametrize("command", ["train", "train_lora", "train_sdxl_lora"])
+def test_every_offered_setting_survives_the_command_line_zero_included(command):
+    """config -> command line -> config is the same config, for each setting changed alone (0, 0.0, False where the
+    default is True, an empty text)."""
+    from dreambooth_nb.common.config import LoraTrainConfig, SDXLLoraTrainConfig, TrainConfig, offered_fields
+
+    config_class = {"train": TrainConfig, "train_lora": LoraTrainConfig, "train_sdxl_lora": SDXLLoraTrainConfig}[command]
+    parser = cli.build_parser(config_class)
+    checked = 0
+    for f in offered_fields(config_class):
+        if f.metadata.get("secret"):
+            continue
+        config = config_class(**{f.name: _other_value(f, config_class)})
+        again, _ = cli.parse_config(config.to_args(), config_class, parser)
+        assert getattr(again, f.name) == getattr(config, f.name), (f.name, config.to_args())
+        checked += 1
+    assert checked > 50
+
+
+def test_zero_values_reach_the_command_line():
+    from dreambooth_nb.common.config import TrainConfig
+
+    args = TrainConfig(seed=0, lr_warmup_steps=0, prior_loss_weight=0.0).to_args()
+    assert {"--seed=0", "--lr_warmup_steps=0", "--prior_loss_weight=0.0"} <= set(args)
+
+
+def test_one_main_serves_the_three_commands(capsys):
+    """Each command line is train.cli.main with its method: its own flags and prog name."""
+    from dreambooth_nb import train_lora, train_sdxl_lora
+
+    for main, prog, own in ((train_lora.main, "train_lora", "--lora_rank"),
+                            (train_sdxl_lora.main, "train_sdxl_lora", "--text_encoder_lr")):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        shown = capsys.readouterr().out
+        assert f"python -m dreambooth_nb.{prog}" in shown and own in shown

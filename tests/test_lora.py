@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dreambooth_nb import train_lora as cli
+from dreambooth_nb.train import cli as train_cli
 from dreambooth_nb.common import runtime
 from dreambooth_nb.common.config import LoraTrainConfig
 
@@ -22,11 +23,11 @@ TINY = "tiny-random"
 def test_every_reference_lora_flag_is_parsed_with_its_default():
     from reference_flags import REFERENCE_DEFAULTS  # the full script's defaults, shared with test_cli
 
-    parser = cli.build_parser(LoraTrainConfig)
+    parser = train_cli.build_parser(LoraTrainConfig)
     options = {o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")}
     expected = (set(REFERENCE_DEFAULTS) - set(NOT_IN_LORA)) | set(LORA_ONLY)
     assert expected <= options and not set(NOT_IN_LORA) & options
-    config, _ = cli.parse_config([], LoraTrainConfig, parser)
+    config, _ = train_cli.parse_config([], LoraTrainConfig, parser)
     for name, value in {**REFERENCE_DEFAULTS, **LORA_DEFAULTS}.items():
         if name not in NOT_IN_LORA:
             assert getattr(config, name) == value, name
@@ -126,7 +127,7 @@ def test_chapter_08_commands_parse_and_the_full_run_keeps_its_own_learning_rate(
     from dreambooth_nb.train import cli as full_cli
 
     config = lora_config()
-    parsed, _ = cli.parse_config(shlex.split(config.command())[3:], LoraTrainConfig, cli.build_parser(LoraTrainConfig))
+    parsed, _ = train_cli.parse_config(shlex.split(config.command())[3:], LoraTrainConfig, train_cli.build_parser(LoraTrainConfig))
     assert parsed.lora_rank == config.lora_rank and parsed.learning_rate == config.learning_rate
     full = full_config_of(config)
     assert full.learning_rate == pytest.approx(config.learning_rate / 10)

@@ -108,7 +108,9 @@ def test_commands_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
 
     def user_mistake():
-        raise FileNotFoundError("folder photos/ does not exist")
+        from dreambooth_nb.common.errors import MissingFileError
+
+        raise MissingFileError("folder photos/ does not exist")
 
     def bug():
         raise RuntimeError("\n----\n- Kernel X failed\n----\n")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dreambooth_nb import train_sdxl_lora as cli
+from dreambooth_nb.train import cli as train_cli
 from dreambooth_nb.common import runtime
 from dreambooth_nb.common.config import SDXLLoraTrainConfig
 
@@ -34,15 +35,15 @@ REQUIRED_THERE = {"pretrained_model_name_or_path", "instance_prompt", "instance_
 
 
 def test_every_reference_sdxl_flag_is_parsed_with_its_default():
-    parser = cli.build_parser(SDXLLoraTrainConfig)
+    parser = train_cli.build_parser(SDXLLoraTrainConfig)
     options = {o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"help", "device"}
     assert options == set(SDXL_REFERENCE) | {"pretrained_model_name_or_path"}
-    config, _ = cli.parse_config([], SDXLLoraTrainConfig, parser)
+    config, _ = train_cli.parse_config([], SDXLLoraTrainConfig, parser)
     for name, value in SDXL_REFERENCE.items():
         if name not in REQUIRED_THERE:
             assert getattr(config, name) == value, name
     assert config.pretrained_model_name_or_path == "toy-world-xl"
-    again, _ = cli.parse_config(["--prodigy_decouple=false"], SDXLLoraTrainConfig, parser)
+    again, _ = train_cli.parse_config(["--prodigy_decouple=false"], SDXLLoraTrainConfig, parser)
     assert again.prodigy_decouple is False  # the reference's type=bool took "false" as True
 
 

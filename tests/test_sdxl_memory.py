@@ -29,7 +29,7 @@ def test_lora_weight_count_matches_mindone_adapters():
     from mindone.diffusers import UNet2DConditionModel
 
     from dreambooth_nb.common import runtime
-    from dreambooth_nb.lora import adapter_config, adapter_parameters
+    from dreambooth_nb.train.adapters import adapter_config, adapter_parameters
     from dreambooth_nb.sdxl.training import SDXL_UNET_TARGETS
 
     runtime.setup(device="CPU", show=False)

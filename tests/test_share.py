@@ -5,6 +5,7 @@ checked against PyTorch's own loaders, numerically."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -231,6 +232,36 @@ def test_card_of_the_embedded_model_describes_it(trained):
     text = cards.model_card_text(cards.run_card(config.replace(pretrained_model_name_or_path="toy-world"),
                                                 history, steps_done=10, device="CPU", seed=7), out)
     assert "base_model" not in text.split("---")[1] and "toy-world model shipped with dreambooth-nb" in text
+
+
+def test_the_card_of_an_adapter_run_loads_base_and_adapters_and_needs_no_export(trained):
+    from dreambooth_nb.common.config import LoraTrainConfig, SDXLLoraTrainConfig
+
+    out, config, history = trained
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k in dataclasses.asdict(LoraTrainConfig())}
+    for config_class, pipeline in ((LoraTrainConfig, "StableDiffusionPipeline"),
+                                   (SDXLLoraTrainConfig, "StableDiffusionXLPipeline")):
+        card = cards.run_card(config_class(**settings), history, steps_done=10, device="CPU", seed=7)
+        text = cards.model_card_text(card, out)
+        assert card["result_kind"] == "adapters" and f"{pipeline}.from_pretrained(\"someone/sd-base\")" in text
+        assert f'pipe.load_lora_weights("{out}")' in text and "dreambooth_nb.export" not in text
+    whole = cards.model_card_text(cards.run_card(config, history, steps_done=10, device="CPU", seed=7), out)
+    assert "dreambooth_nb.export" in whole and "load_lora_weights" not in whole and "NonZeroExt" in whole
+
+
+def test_an_adapter_folder_pushes_and_an_empty_one_does_not(clean_env, tmp_path):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_text("weights")
+    (folder / "README.md").write_text("---\ntags:\n- dreambooth\n---\n# card\n")
+    assert hub.folder_kind(folder) == "adapters"
+    with FakeHubServer() as server:
+        hub.push_folder(folder, "me/sks-lora", FAKE_TOKEN, endpoint=server.url)
+    assert sorted(server.files["me/sks-lora"]) == ["README.md", "pytorch_lora_weights.safetensors"]
+    with pytest.raises(hub.PushError, match="holds no trained model"):
+        hub.require_model_folder(tmp_path)
+    with pytest.raises(hub.PushError, match="cannot be pushed"):
+        hub.require_pushable_kind("something else")
 
 
 # ------------------------------------------------------------------------------ token and preflight

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import defaults, scenes
 from .files import cache_dir, file_hash, save_atomic
+from .errors import MissingFileError
 
 SUPPORTED_TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
 SUBJECT_NAME = "sks-star"  # folder name of the offline subject photos
@@ -29,7 +30,7 @@ def toy_model_path() -> Path:
     """The committed toy-world Stable Diffusion (diffusers layout)."""
     path = toy_world_dir() / "model"
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The toy-world model is missing from {path}. Reinstall dreambooth-nb, or rebuild it with the "
             f"commands in {toy_world_dir() / 'MODEL_CARD.md'} (a few CPU hours).")
     return path
@@ -39,7 +40,7 @@ def toy_xl_model_path() -> Path:
     """The committed toy-world SDXL (diffusers layout), chapter 09's model."""
     path = toy_world_dir() / "xl" / "model"
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The toy-world SDXL is not in {path}: this release does not ship it. Build it with `python -m "
             f"dreambooth_nb.sdxl.toy --out outputs/toyworld-xl --install`, or give --pretrained_model_name_or_path an "
             f"SDXL hub id or folder (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
@@ -78,13 +79,13 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
         if path.is_file() or detect_layout(path) in ("lora", "diffusers-bin"):
             return str(importable_model(path))  # a single file becomes a cached folder; the others say what to do
         if not path.is_dir() or not (path / "unet").is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} is not a Stable Diffusion folder in diffusers layout (no unet/ inside). "
                 f"Pass a folder saved with save_pretrained, a hub id such as "
                 f"'stable-diffusion-v1-5/stable-diffusion-v1-5', or {defaults.DEFAULT_MODEL!r}.")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"Model folder {name} does not exist. Check the path, or use {defaults.DEFAULT_MODEL!r}.")
+        raise MissingFileError(f"Model folder {name} does not exist. Check the path, or use {defaults.DEFAULT_MODEL!r}.")
     return name  # a hub id: from_pretrained downloads it (or reads the hub cache)
 
 

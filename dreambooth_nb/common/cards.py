@@ -13,33 +13,46 @@ import time
 from pathlib import Path
 
 from . import defaults
-from .config import SECRET
+from .config import LoraTrainConfig, SDXLLoraTrainConfig, any_config_names_with
 from .files import file_hash, write_json_atomic, write_text_atomic
 
 RUN_CARD = "run_card.json"
 MODEL_CARD = "README.md"
-SECRET_SETTINGS = SECRET  # never written anywhere
 SAMPLE_IMAGES = ("samples.png", "before_after.png")  # a before/after grid, when the run left one
 CARD_TAGS = ["dreambooth", "mindspore", "mindone", "text-to-image"]
 VERSIONED = ("mindspore", "mindone", "transformers", "dreambooth-nb")
 LOSS_TERMS = ("loss", "instance_loss", "prior_loss")
 RECENT_SHARE = 0.2  # final losses are the mean over the last 20 % of the steps (one step's loss is mostly noise)
-EMBEDDED_DESCRIPTIONS = {
-    defaults.TOY_MODEL: "the toy-world model shipped with dreambooth-nb (a 1.3 M-parameter Stable Diffusion of "
-                        "coloured shapes, 32 px)",
-    defaults.TINY_MODEL: "the tiny random Stable Diffusion of dreambooth-nb's tests (untrained; mechanics only)",
-}
-SHOWN_SETTINGS = ("instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight",
-                  "num_class_images", "resolution", "train_batch_size", "gradient_accumulation_steps",
-                  "learning_rate", "lr_scheduler", "lr_warmup_steps", "train_text_encoder", "mixed_precision",
-                  "offset_noise", "snr_gamma")
+def weights_in(folder: str | os.PathLike) -> int:
+    """How many numbers the safetensors files under a model folder hold (its parameter count), read from their headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(folder).rglob("*.safetensors"):
+        with safe_open(str(path), framework="np") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return total
+
+
+def embedded_description(name: str) -> str | None:
+    """How a card names an embedded base model (None for any other); the toy world's size counted from its weights."""
+    from .assets import toy_model_path
+
+    if name == defaults.TOY_MODEL:
+        millions = weights_in(toy_model_path()) / 1e6
+        return (f"the toy-world model shipped with dreambooth-nb (a {millions:.1f} M-parameter Stable Diffusion of "
+                f"coloured shapes, 32 px)")
+    if name == defaults.TINY_MODEL:
+        return "the tiny random Stable Diffusion of dreambooth-nb's tests (untrained; mechanics only)"
+    return None
 
 
 # --------------------------------------------------------------------------- run_card.json
 def shareable_settings(config) -> dict:
     """A TrainConfig (or its dict) as a plain dict without the secret settings (the hub token)."""
     values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return {name: value for name, value in values.items() if name not in SECRET_SETTINGS}
+    secret = any_config_names_with("secret")  # never written anywhere
+    return {name: value for name, value in values.items() if name not in secret}
 
 
 def recent_mean(history: list[dict], term: str = "loss", share: float = RECENT_SHARE) -> float | None:
@@ -119,8 +132,17 @@ def run_card(config, history: list[dict], *, steps_done: int, device: str, seed:
         "final_loss_over_steps": max(1, math.ceil(len(history) * RECENT_SHARE)) if history else 0,
         "sample_image": sample_image(output_dir) if output_dir else None,
         "command": reproducing_command(config),
+        **result_facts(config),
         "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def result_facts(config) -> dict:
+    """What the run leaves and which pipeline class reads it: {'result_kind': 'pipeline' | 'adapters',
+    'pipeline_class': ...} (for a plain dict of settings: a whole Stable Diffusion pipeline)."""
+    xl = isinstance(config, SDXLLoraTrainConfig)
+    return {"result_kind": "adapters" if isinstance(config, LoraTrainConfig) else "pipeline",
+            "pipeline_class": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"}
 
 
 def write_run_card(output_dir: str | os.PathLike, config, history: list[dict], *, steps_done: int, device: str,
@@ -150,7 +172,7 @@ def base_model_facts(name: str) -> dict:
     on_hub = is_hub_id(root) and not Path(root).expanduser().exists()
     if is_toy_model(root):
         root = defaults.TOY_MODEL
-    described = EMBEDDED_DESCRIPTIONS.get(root) or (f"[{root}](https://huggingface.co/{root})" if on_hub else
+    described = embedded_description(root) or (f"[{root}](https://huggingface.co/{root})" if on_hub else
                                                     f"the local model `{Path(root).name}`")
     if chained:
         described = f"the local model `{Path(name).name}`, itself fine-tuned from {described}"
@@ -188,7 +210,7 @@ def card_metadata(card: dict, base: dict):
 def shown_settings(config: dict) -> list[tuple[str, str]]:
     """The settings a reader of the card wants, as (flag, `value`); the class settings only with prior preservation."""
     prior_only = ("class_prompt", "prior_loss_weight", "num_class_images")
-    return [(name, f"`{config[name]}`") for name in SHOWN_SETTINGS if config.get(name) is not None
+    return [(name, f"`{config[name]}`") for name in any_config_names_with("shown") if config.get(name) is not None
             and (config.get("with_prior_preservation") or name not in prior_only)]
 
 
@@ -207,7 +229,7 @@ def reproducing_command(config) -> str | None:
     """The `python -m dreambooth_nb.train ...` command of a TrainConfig, without the token (None for a plain dict)."""
     if not dataclasses.is_dataclass(config):
         return None
-    return dataclasses.replace(config, **{name: None for name in SECRET_SETTINGS}).command()
+    return dataclasses.replace(config, **{name: None for name in any_config_names_with("secret")}).command()
 
 
 def export_commands(folder: str, hub_id: str | None) -> str:
@@ -219,8 +241,51 @@ def export_commands(folder: str, hub_id: str | None) -> str:
             f"# one file, original SD layout")
 
 
+CPU_SAMPLER_NOTE = (
+    "On a CPU, a model saved with `DDPMScheduler` stops with `The kernel NonZeroExt unregistered` (mindone 0.3.0's "
+    "DDPM sampler needs a kernel MindSpore's CPU build lacks): swap the sampler first, `from mindone.diffusers import "
+    "DPMSolverMultistepScheduler; pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`.")
+
+
+def adapter_use(card: dict, base: dict, where: str) -> str:
+    """The card's "use it" sections for LoRA adapters: load the base model, then the adapters, on either stack."""
+    pipeline = card.get("pipeline_class", "StableDiffusionPipeline")
+    prompt = card["config"].get("instance_prompt") or "a photo of sks dog"
+    name = card["config"].get("pretrained_model_name_or_path")
+    base_id = base.get("base_model") or name
+    embedded = base_id in defaults.EMBEDDED_MODELS
+    load = (f"import dreambooth_nb as db\n\npipe = db.load_pipeline(\"{base_id}\")  # the embedded base model"
+            if embedded else f"from mindone.diffusers import {pipeline}\n\npipe = {pipeline}.from_pretrained(\"{base_id}\")")
+    return f"""
+## Use it with MindSpore (mindone)
+
+This folder holds LoRA adapters (`pytorch_lora_weights.safetensors`), not a whole model: load the base model it was
+trained on, {base["description"]}, then the adapters into it.
+
+```python
+{load}
+pipe.load_lora_weights("{where}")
+image = pipe("{prompt}")[0][0]
+```
+
+{CPU_SAMPLER_NOTE}
+
+## Use it with diffusers on PyTorch
+
+The adapter file uses diffusers' own key names, so diffusers (with peft) loads it as it is: no export is needed.
+
+```python
+from diffusers import {pipeline}
+
+pipe = {pipeline}.from_pretrained("<the base model in diffusers layout>")
+pipe.load_lora_weights("{where}")
+image = pipe("{prompt}").images[0]
+```
+"""
+
+
 def model_card_text(card: dict, output_dir: str | os.PathLike | None = None) -> str:
-    """README.md for a run card: YAML metadata, how the model was trained, how to load and export it."""
+    """README.md for a run card: YAML metadata, how the model was trained, how to load (and export) it."""
     from huggingface_hub import ModelCard
 
     config = card["config"]
@@ -232,10 +297,12 @@ def model_card_text(card: dict, output_dir: str | os.PathLike | None = None) -> 
     photos = card["data"]["instance_images"]
     sample = f"\n![before and after]({card['sample_image']})\n" if card.get("sample_image") else ""
     command = f" This command runs it again:\n\n```bash\n{card['command']}\n```\n" if card.get("command") else "\n"
+    adapters = card.get("result_kind") == "adapters"
+    what = "LoRA adapters for Stable Diffusion" if adapters else "Stable Diffusion"
     body = f"""
 # DreamBooth: `{prompt}`
 
-Stable Diffusion fine-tuned with [DreamBooth](https://dreambooth.github.io/) on {photos['count'] if photos else 'a few'}
+{what} fine-tuned with [DreamBooth](https://dreambooth.github.io/) on {photos['count'] if photos else 'a few'}
 photos of one subject, bound to the prompt `{prompt}`, with MindSpore and mindone (dreambooth-nb).
 {sample}
 ## How it was trained
@@ -243,6 +310,13 @@ photos of one subject, bound to the prompt `{prompt}`, with MindSpore and mindon
 {settings_table(card, base)}
 
 `run_card.json` holds every setting, the digests of the training pictures and the package versions.{command}
+{adapter_use(card, base, hub_id or folder) if adapters else pipeline_use(card, folder, hub_id, local, prompt)}"""
+    return str(ModelCard(f"---\n{card_metadata(card, base).to_yaml()}\n---\n{body}"))
+
+
+def pipeline_use(card: dict, folder: str, hub_id: str | None, local: str, prompt: str) -> str:
+    """The card's "use it" sections for a whole pipeline: load it with mindone; export a copy for PyTorch."""
+    return f"""
 ## Use it with MindSpore (mindone)
 
 ```python
@@ -251,6 +325,8 @@ from mindone.diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained("{hub_id or folder}")
 image = pipe("{prompt}")[0][0]
 ```
+
+{CPU_SAMPLER_NOTE}
 
 ## Use it with diffusers on PyTorch
 
@@ -268,4 +344,3 @@ pipe = StableDiffusionPipeline.from_pretrained("{local}-pt")
 image = pipe("{prompt}").images[0]
 ```
 """
-    return str(ModelCard(f"---\n{card_metadata(card, base).to_yaml()}\n---\n{body}"))

@@ -59,6 +59,27 @@ def error_summary(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
+def environment_problem(error: BaseException, folder: Path | None) -> str | None:
+    """One line for an OSError fixed outside the program: a full disk, a read-only or forbidden folder (None else)."""
+    import errno
+
+    if not isinstance(error, OSError) or isinstance(error, FileNotFoundError):
+        return None
+    where = error.filename or folder or "the output folder"
+    if str(where).endswith(".dreambooth-nb.lock"):  # the run lock: name the folder it locks
+        where = Path(where).parent
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the disk that holds {where}. Free some space (old outputs, or checkpoint-N folders "
+                f"you no longer need) and run the same command again; a training run continues from its last "
+                f"checkpoint with --resume_from_checkpoint=latest.")
+    if error.errno == errno.EROFS:
+        return f"{where} is on a read-only file system: choose a folder you can write to (for training: --output_dir)."
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (f"no permission to write {where}: choose a folder you can write to (for training: --output_dir), "
+                f"or change its permissions.")
+    return None
+
+
 def interrupted_inside(error: BaseException) -> bool:
     """True for MindSpore's wrapping of a KeyboardInterrupt raised while it compiled a graph."""
     return "KeyboardInterrupt" in str(error)[:2000]
@@ -150,8 +171,12 @@ def run_command(name: str, work: Callable[[], int], output_dir: str | os.PathLik
         if interrupted_inside(error):
             print("interrupted while a graph was compiling (nothing was changed)", file=sys.stderr)
             return EXIT_INTERRUPTED
+        problem = environment_problem(error, folder)
+        if problem:  # nothing to debug, and a log on a full disk could not be written anyway
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"error: {error_summary(error)}", file=sys.stderr)
-        if not isinstance(error, (UserError, ValueError, FileNotFoundError)):
+        if not isinstance(error, UserError):  # anything else is a bug: its traceback is kept
             where = log_traceback(name, error, folder)
             print(f"(full traceback in {where})" if where else "(the traceback could not be written anywhere)",
                   file=sys.stderr)

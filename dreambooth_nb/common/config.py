@@ -13,16 +13,43 @@ from typing import Any, ClassVar
 from . import defaults
 from .errors import UserError
 
-SECRET = ("hub_token",)  # never shown, written or put on a command line
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
-def flag(default: Any, help: str, choices: tuple | None = None, nargs: str | None = None, group: str = "training"):
-    """A dataclass field that also carries what the command line needs to expose it."""
-    meta = {"help": help, "choices": choices, "nargs": nargs, "group": group}
+def flag(default: Any, help: str, choices: tuple | None = None, nargs: str | None = None, group: str = "training", *,
+         resume_must_match: bool = False, graph_neutral: bool = False, shown: bool = False, secret: bool = False,
+         rule: str | None = None, advice: str = "", offered: bool = True):
+    """A dataclass field that carries every fact about its setting, read in one place (names_with):
+
+    resume_must_match: a resumed run must have the checkpoint's value; graph_neutral: changing it never changes the
+    compiled step; shown: listed on model cards; secret: never shown, written or put on a command line; rule (one of
+    RULES) and advice: the range validate() checks; offered: the command line has the flag (else kept at its default).
+    """
+    meta = {"help": help, "choices": choices, "nargs": nargs, "group": group, "resume_must_match": resume_must_match,
+            "graph_neutral": graph_neutral, "shown": shown, "secret": secret, "rule": rule, "advice": advice,
+            "offered": offered}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def same_flag(base: type, name: str, *, offered: bool):
+    """`base`'s field `name` again in a subclass, with its command line offering it or not."""
+    f = base.__dataclass_fields__[name]
+    meta = {**f.metadata, "offered": offered}
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=meta)
+    return field(default=f.default, metadata=meta)
+
+
+def names_with(config, fact: str) -> tuple[str, ...]:
+    """The settings of a config (or config class) whose flag says `fact` (see flag), in field order."""
+    return tuple(f.name for f in fields(config) if f.metadata.get(fact))
+
+
+def offered_fields(config) -> list[dataclasses.Field]:
+    """The fields a config's command line offers as flags."""
+    return [f for f in fields(config) if f.metadata.get("offered", True)]
 
 
 class ConfigError(UserError, ValueError):
@@ -38,72 +65,71 @@ class TrainConfig:
     """DreamBooth training settings, named as the flags of mindone's train_dreambooth.py."""
 
     COMMAND: ClassVar[str] = "dreambooth_nb.train"  # the module whose command line takes these flags
-    HIDDEN: ClassVar[tuple] = ()  # fields this command line does not offer (kept at their defaults)
 
     # model
-    pretrained_model_name_or_path: str = flag(defaults.DEFAULT_MODEL, "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model")
-    revision: str | None = flag(None, "Revision of the model on the hub.", group="model")
-    variant: str | None = flag(None, "Variant of the model files, e.g. fp16.", group="model")
-    tokenizer_name: str | None = flag(None, "Tokenizer name or path if not the model's own.", group="model")
+    pretrained_model_name_or_path: str = flag(defaults.DEFAULT_MODEL, "Hub id, local diffusers folder, or an embedded model name (toy-world, tiny-random).", group="model", resume_must_match=True)
+    revision: str | None = flag(None, "Revision of the model on the hub.", group="model", resume_must_match=True)
+    variant: str | None = flag(None, "Variant of the model files, e.g. fp16.", group="model", resume_must_match=True)
+    tokenizer_name: str | None = flag(None, "Tokenizer name or path if not the model's own.", group="model", resume_must_match=True)
     # data
-    instance_data_dir: str | None = flag(None, "Folder of instance photos (default: the offline sample photos).", group="data")
-    class_data_dir: str | None = flag(None, "Folder of class images for prior preservation (made when missing).", group="data")
-    instance_prompt: str = flag("a photo of sks star", "Prompt with the identifier, e.g. 'a photo of sks dog'.", group="data")
-    class_prompt: str | None = flag(None, "Prompt for the subject's class, e.g. 'a photo of a dog'.", group="data")
-    with_prior_preservation: bool = flag(False, "Add the prior-preservation loss on class images.", group="data")
-    prior_loss_weight: float = flag(1.0, "Weight lambda of the prior-preservation loss.", group="data")
-    num_class_images: int = flag(100, "Class images needed; missing ones are generated from class_prompt.", group="data")
-    resolution: int = flag(512, "Training image size in pixels (multiple of 8).", group="data")
-    center_crop: bool = flag(False, "Center-crop instead of random crop after resizing.", group="data")
-    sample_batch_size: int = flag(4, "Batch size when generating class images.", group="data")
-    dataloader_num_workers: int = flag(1, "Data loading workers (kept for compatibility; data is preloaded).", group="data")
-    tokenizer_max_length: int | None = flag(None, "Token length (default: the tokenizer's).", group="data")
+    instance_data_dir: str | None = flag(None, "Folder of instance photos (default: the offline sample photos).", group="data", resume_must_match=True, graph_neutral=True)
+    class_data_dir: str | None = flag(None, "Folder of class images for prior preservation (made when missing).", group="data", resume_must_match=True, graph_neutral=True)
+    instance_prompt: str = flag("a photo of sks star", "Prompt with the identifier, e.g. 'a photo of sks dog'.", group="data", resume_must_match=True, graph_neutral=True, shown=True)
+    class_prompt: str | None = flag(None, "Prompt for the subject's class, e.g. 'a photo of a dog'.", group="data", resume_must_match=True, graph_neutral=True, shown=True)
+    with_prior_preservation: bool = flag(False, "Add the prior-preservation loss on class images.", group="data", resume_must_match=True, shown=True)
+    prior_loss_weight: float = flag(1.0, "Weight lambda of the prior-preservation loss.", group="data", resume_must_match=True, shown=True, rule='non-negative', advice="1.0 is the paper's value")
+    num_class_images: int = flag(100, "Class images needed; missing ones are generated from class_prompt.", group="data", resume_must_match=True, graph_neutral=True, shown=True, rule='at least 1')
+    resolution: int = flag(512, "Training image size in pixels (multiple of 8).", group="data", resume_must_match=True, shown=True)
+    center_crop: bool = flag(False, "Center-crop instead of random crop after resizing.", group="data", resume_must_match=True, graph_neutral=True)
+    sample_batch_size: int = flag(4, "Batch size when generating class images.", group="data", graph_neutral=True, rule='at least 1')
+    dataloader_num_workers: int = flag(1, "Data loading workers (kept for compatibility; data is preloaded).", group="data", graph_neutral=True)
+    tokenizer_max_length: int | None = flag(None, "Token length (default: the tokenizer's).", group="data", resume_must_match=True, rule='at least 1', advice='or leave it out')
     # training
-    output_dir: str = flag("dreambooth-model", "Where the model, checkpoints and logs are written.")
-    seed: int | None = flag(None, "Seed for reproducible training.")
-    train_text_encoder: bool = flag(False, "Train the text encoder as well as the UNet.")
-    train_batch_size: int = flag(4, "Instance images per step (per device).")
-    num_train_epochs: int = flag(1, "Epochs, used when max_train_steps is not given.")
-    max_train_steps: int | None = flag(None, "Total optimisation steps; overrides num_train_epochs.")
-    checkpointing_steps: int = flag(500, "Save a resumable checkpoint every N steps.")
-    checkpoints_total_limit: int | None = flag(None, "Keep at most this many checkpoints.")
-    resume_from_checkpoint: str | None = flag(None, "A checkpoint folder, or 'latest'.")
-    gradient_accumulation_steps: int = flag(1, "Micro-batches accumulated per optimiser step.")
+    output_dir: str = flag("dreambooth-model", "Where the model, checkpoints and logs are written.", graph_neutral=True)
+    seed: int | None = flag(None, "Seed for reproducible training.", resume_must_match=True, graph_neutral=True, rule='non-negative', advice='any whole number from 0 works')
+    train_text_encoder: bool = flag(False, "Train the text encoder as well as the UNet.", resume_must_match=True, shown=True)
+    train_batch_size: int = flag(4, "Instance images per step (per device).", resume_must_match=True, shown=True, rule='at least 1')
+    num_train_epochs: int = flag(1, "Epochs, used when max_train_steps is not given.", rule='at least 1')
+    max_train_steps: int | None = flag(None, "Total optimisation steps; overrides num_train_epochs.", rule='at least 1', advice='or leave it out')
+    checkpointing_steps: int = flag(500, "Save a resumable checkpoint every N steps.", graph_neutral=True, rule='at least 1')
+    checkpoints_total_limit: int | None = flag(None, "Keep at most this many checkpoints.", graph_neutral=True, rule='at least 1', advice='or leave it out')
+    resume_from_checkpoint: str | None = flag(None, "A checkpoint folder, or 'latest'.", graph_neutral=True)
+    gradient_accumulation_steps: int = flag(1, "Micro-batches accumulated per optimiser step.", resume_must_match=True, shown=True, rule='at least 1')
     gradient_checkpointing: bool = flag(False, "Recompute activations in backward to save memory.")
-    learning_rate: float = flag(5e-6, "Learning rate after warmup.")
-    scale_lr: bool = flag(False, "Multiply the learning rate by devices x accumulation x batch size.")
-    lr_scheduler: str = flag("constant", "Learning-rate schedule.", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = flag(500, "Warmup steps of the schedule.")
-    lr_num_cycles: int = flag(1, "Hard restarts of cosine_with_restarts.")
-    lr_power: float = flag(1.0, "Power of the polynomial schedule.")
-    adam_beta1: float = flag(0.9, "AdamW beta1.")
-    adam_beta2: float = flag(0.999, "AdamW beta2.")
-    adam_weight_decay: float = flag(1e-2, "AdamW weight decay.")
-    adam_epsilon: float = flag(1e-8, "AdamW epsilon.")
-    max_grad_norm: float = flag(1.0, "Clip gradients to this global norm (0 turns clipping off).")
-    offset_noise: bool = flag(False, "Add offset noise (0.1 x per-channel constant).")
-    snr_gamma: float | None = flag(None, "Min-SNR loss weighting gamma (5.0 is typical).")
-    pre_compute_text_embeddings: bool = flag(False, "Encode the prompts once and free the text encoder.")
-    text_encoder_use_attention_mask: bool = flag(False, "Pass the attention mask to the text encoder.")
-    skip_save_text_encoder: bool = flag(False, "Do not save the text encoder with the result.")
-    class_labels_conditioning: str | None = flag(None, "UNet class-label conditioning ('timesteps').", choices=(None, "timesteps"))
+    learning_rate: float = flag(5e-6, "Learning rate after warmup.", resume_must_match=True, shown=True, rule='positive', advice='DreamBooth uses 1e-6 to 1e-4')
+    scale_lr: bool = flag(False, "Multiply the learning rate by devices x accumulation x batch size.", resume_must_match=True)
+    lr_scheduler: str = flag("constant", "Learning-rate schedule.", choices=LR_SCHEDULERS, resume_must_match=True, shown=True)
+    lr_warmup_steps: int = flag(500, "Warmup steps of the schedule.", resume_must_match=True, shown=True, rule='non-negative')
+    lr_num_cycles: int = flag(1, "Hard restarts of cosine_with_restarts.", resume_must_match=True, rule='at least 1')
+    lr_power: float = flag(1.0, "Power of the polynomial schedule.", resume_must_match=True, rule='positive', advice='1.0 is a straight line')
+    adam_beta1: float = flag(0.9, "AdamW beta1.", resume_must_match=True, rule='fraction', advice='0.9 is usual')
+    adam_beta2: float = flag(0.999, "AdamW beta2.", resume_must_match=True, rule='fraction', advice='0.999 is usual')
+    adam_weight_decay: float = flag(1e-2, "AdamW weight decay.", resume_must_match=True, rule='non-negative', advice='1e-2 is the default')
+    adam_epsilon: float = flag(1e-8, "AdamW epsilon.", resume_must_match=True, rule='positive', advice='1e-8 is usual')
+    max_grad_norm: float = flag(1.0, "Clip gradients to this global norm (0 turns clipping off).", resume_must_match=True, rule='non-negative', advice='0 turns clipping off')
+    offset_noise: bool = flag(False, "Add offset noise (0.1 x per-channel constant).", resume_must_match=True, graph_neutral=True, shown=True)
+    snr_gamma: float | None = flag(None, "Min-SNR loss weighting gamma (5.0 is typical).", resume_must_match=True, shown=True, rule='positive', advice='5.0 is typical; or leave it out')
+    pre_compute_text_embeddings: bool = flag(False, "Encode the prompts once and free the text encoder.", resume_must_match=True)
+    text_encoder_use_attention_mask: bool = flag(False, "Pass the attention mask to the text encoder.", resume_must_match=True)
+    skip_save_text_encoder: bool = flag(False, "Do not save the text encoder with the result.", graph_neutral=True)
+    class_labels_conditioning: str | None = flag(None, "UNet class-label conditioning ('timesteps').", choices=(None, "timesteps"), resume_must_match=True)
     # devices and precision
-    mixed_precision: str | None = flag(None, "fp16 or bf16 compute (Ascend); fp32 on CPU.", choices=(None, "no", "fp16", "bf16"), group="device")
-    prior_generation_precision: str | None = flag(None, "Precision for generating class images.", choices=(None, "no", "fp32", "fp16", "bf16"), group="device")
+    mixed_precision: str | None = flag(None, "fp16 or bf16 compute (Ascend); fp32 on CPU.", choices=(None, "no", "fp16", "bf16"), group="device", resume_must_match=True, shown=True)
+    prior_generation_precision: str | None = flag(None, "Precision for generating class images.", choices=(None, "no", "fp32", "fp16", "bf16"), group="device", graph_neutral=True)
     distributed: bool = flag(False, "Data-parallel training (launch with msrun).", group="device")
     enable_mindspore_data_sink: bool = flag(False, "MindSpore data sinking (Ascend).", group="device")
     # validation and logging
-    validation_prompt: str | None = flag(None, "Prompt sampled every validation_steps.", group="validation")
-    num_validation_images: int = flag(4, "Images per validation.", group="validation")
-    validation_steps: int = flag(100, "Validate every N steps.", group="validation")
-    validation_images: list | None = flag(None, "Images for image-conditioned pipelines (unused for text-to-image).", nargs="+", group="validation")
-    validation_scheduler: str = flag("DPMSolverMultistepScheduler", "Scheduler for validation sampling.", choices=("DPMSolverMultistepScheduler", "DDPMScheduler"), group="validation")
-    logging_dir: str = flag("logs", "TensorBoard folder inside output_dir.", group="validation")
-    report_to: str = flag("tensorboard", "Where scalars go: tensorboard, or none.", group="validation")
+    validation_prompt: str | None = flag(None, "Prompt sampled every validation_steps.", group="validation", graph_neutral=True)
+    num_validation_images: int = flag(4, "Images per validation.", group="validation", graph_neutral=True, rule='at least 1')
+    validation_steps: int = flag(100, "Validate every N steps.", group="validation", graph_neutral=True, rule='at least 1')
+    validation_images: list | None = flag(None, "Images for image-conditioned pipelines (unused for text-to-image).", nargs="+", group="validation", graph_neutral=True)
+    validation_scheduler: str = flag(defaults.SAMPLER, "Scheduler for validation sampling.", choices=("DPMSolverMultistepScheduler", "DDPMScheduler"), group="validation", graph_neutral=True)
+    logging_dir: str = flag("logs", "TensorBoard folder inside output_dir.", group="validation", graph_neutral=True)
+    report_to: str = flag("tensorboard", "Where scalars go: tensorboard, or none.", group="validation", graph_neutral=True)
     # hub (needs a network)
-    push_to_hub: bool = flag(False, "Upload the result to a private hub repository after training (checked before any work).", group="hub")
-    hub_token: str | None = flag(None, "Hub token (else HF_TOKEN or a saved `huggingface-cli login`); never written anywhere.", group="hub")
-    hub_model_id: str | None = flag(None, "Hub repository, e.g. your-name/sks-dog (default: the output folder's name).", group="hub")
+    push_to_hub: bool = flag(False, "Upload the result to a private hub repository after training (checked before any work).", group="hub", graph_neutral=True)
+    hub_token: str | None = flag(None, "Hub token (else HF_TOKEN or a saved `huggingface-cli login`); never written anywhere.", group="hub", graph_neutral=True, secret=True)
+    hub_model_id: str | None = flag(None, "Hub repository, e.g. your-name/sks-dog (default: the output folder's name).", group="hub", graph_neutral=True)
     # accepted by the reference script but always refused there
     enable_xformers_memory_efficient_attention: bool = flag(False, "Memory-efficient attention: mindone's flash attention on Ascend (refused on CPU and GPU).", group="device")
     allow_tf32: bool = flag(False, "TF32 (not supported on MindSpore).", group="unsupported")
@@ -127,7 +153,8 @@ class TrainConfig:
         return list(items.items())
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><code>--{k}</code></td><td>{'(hidden)' if k in SECRET else repr(v)}</td></tr>"
+        secret = names_with(self, "secret")
+        rows = "".join(f"<tr><td><code>--{k}</code></td><td>{'(hidden)' if k in secret else repr(v)}</td></tr>"
                        for k, v in self.as_rows(True))
         return f"<table><tr><th>flag</th><th>value</th></tr>{rows}</table>"
 
@@ -135,14 +162,19 @@ class TrainConfig:
         """The command line that reproduces this config with `python -m dreambooth_nb.train` (never the hub token:
         give it with HF_TOKEN or `huggingface-cli login`)."""
         args = []
+        skip = set(names_with(self, "secret")) | {f.name for f in fields(self)} - {f.name for f in offered_fields(self)}
         for name, value in self.changed().items():
-            if name in SECRET or name in self.HIDDEN:  # never a flag the command lacks
+            if name in skip:  # never a secret, never a flag the command lacks
                 continue
             if value is True:
                 args.append(f"--{name}")
+            elif value is False:  # a flag whose default is True takes a value (cli._yes_no)
+                args.append(f"--{name}=false")
+            elif value is None:  # an option left unset
+                continue
             elif isinstance(value, list):
                 args += [f"--{name}", *map(str, value)]
-            elif value not in (False, None):
+            else:  # every other value, 0 and 0.0 included (0 == False, so compare by identity above)
                 args.append(f"--{name}={value}")
         return args
 
@@ -154,10 +186,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
-        problems = _check_types(self) or [p for check in _CHECKS for p in check(self)]
+        problems = _check_types(self) or [p for check in self.checks() for p in check(self)]
         if problems:
             raise ConfigError(problems)
         return self
+
+    def checks(self) -> tuple:
+        """The value checks validate() runs (after the type check), each returning its problems."""
+        return _CHECKS
 
     def notes(self) -> list[str]:
         """Settings that work but probably do not do what was meant (printed as warnings, like the reference)."""
@@ -173,11 +209,13 @@ class TrainConfig:
                        "the learning rate never leaves warmup.")
         if (self.hub_token or self.hub_model_id) and not self.push_to_hub:
             out.append("--hub_token/--hub_model_id are only used with --push_to_hub; ignored.")
-        prodigy = [n for n in ("prodigy_beta3", "prodigy_decouple", "prodigy_use_bias_correction",
-                               "prodigy_safeguard_warmup") if hasattr(self, n) and getattr(self, n) != _default(
-                               next(f for f in fields(self) if f.name == n))]
-        out += [f"--{n} only applies to --optimizer=prodigy; ignored." for n in prodigy]
         return out
+
+    @property
+    def seed_used(self) -> int:
+        """The seed a run with these settings uses: --seed, else the course's (defaults.SEED); the one place it is
+        resolved (a run records it as used)."""
+        return defaults.SEED if self.seed is None else self.seed
 
     def learning_rate_for(self, world_size: int = 1) -> float:
         """The peak learning rate: learning_rate, times devices x accumulation x batch size with --scale_lr."""
@@ -192,13 +230,19 @@ class LoraTrainConfig(TrainConfig):
     less six it lacks, plus the adapters' rank and validation every N epochs; its own learning rate and folder."""
 
     COMMAND: ClassVar[str] = "dreambooth_nb.train_lora"
-    HIDDEN: ClassVar[tuple] = ("validation_steps", "validation_scheduler", "offset_noise", "snr_gamma",
-                               "set_grads_to_none", "skip_save_text_encoder")
 
-    output_dir: str = flag("lora-dreambooth-model", "Where the adapter, checkpoints and logs are written.")
-    learning_rate: float = flag(5e-4, "Learning rate after warmup (adapters start at zero: LoRA takes larger rates).")
-    lora_rank: int = flag(4, "Rank r of the adapters (lora_alpha = r, as the reference).")
-    validation_epochs: int = flag(50, "Validate every N epochs (an epoch: every instance photo once).", group="validation")
+    # full fine-tuning flags train_dreambooth_lora.py lacks (kept at their defaults)
+    validation_steps: int = same_flag(TrainConfig, "validation_steps", offered=False)
+    validation_scheduler: str = same_flag(TrainConfig, "validation_scheduler", offered=False)
+    offset_noise: bool = same_flag(TrainConfig, "offset_noise", offered=False)
+    snr_gamma: float | None = same_flag(TrainConfig, "snr_gamma", offered=False)
+    set_grads_to_none: bool = same_flag(TrainConfig, "set_grads_to_none", offered=False)
+    skip_save_text_encoder: bool = same_flag(TrainConfig, "skip_save_text_encoder", offered=False)
+
+    output_dir: str = flag("lora-dreambooth-model", "Where the adapter, checkpoints and logs are written.", graph_neutral=True)
+    learning_rate: float = flag(5e-4, "Learning rate after warmup (adapters start at zero: LoRA takes larger rates).", resume_must_match=True, shown=True, rule='positive', advice='DreamBooth uses 1e-6 to 1e-4')
+    lora_rank: int = flag(4, "Rank r of the adapters (lora_alpha = r, as the reference).", resume_must_match=True, shown=True, rule='at least 1', advice='4 to 128 is usual')
+    validation_epochs: int = flag(50, "Validate every N epochs (an epoch: every instance photo once).", group="validation", graph_neutral=True, rule='at least 1')
 
 
 NEEDS_DATASETS = ("dataset_name", "dataset_config_name", "cache_dir", "caption_column")
@@ -210,32 +254,54 @@ class SDXLLoraTrainConfig(LoraTrainConfig):
     defaults: 1024 px, learning rate 1e-4, weight decay 1e-4, a text-encoder learning rate)."""
 
     COMMAND: ClassVar[str] = "dreambooth_nb.train_sdxl_lora"
-    HIDDEN: ClassVar[tuple] = ("validation_steps", "validation_scheduler", "offset_noise", "set_grads_to_none",
-                               "skip_save_text_encoder", "tokenizer_name", "pre_compute_text_embeddings",
-                               "tokenizer_max_length", "text_encoder_use_attention_mask", "validation_images",
-                               "class_labels_conditioning")
 
-    pretrained_model_name_or_path: str = flag(defaults.TOY_XL_MODEL, "SDXL hub id, local folder, or toy-world-xl.", group="model")
-    pretrained_vae_model_name_or_path: str | None = flag(None, "Another VAE (e.g. madebyollin/sdxl-vae-fp16-fix), a folder or hub id.", group="model")
+    # train_dreambooth_lora_sdxl.py has --snr_gamma again, and lacks these (kept at their defaults)
+    snr_gamma: float | None = same_flag(TrainConfig, "snr_gamma", offered=True)
+    tokenizer_name: str | None = same_flag(TrainConfig, "tokenizer_name", offered=False)
+    pre_compute_text_embeddings: bool = same_flag(TrainConfig, "pre_compute_text_embeddings", offered=False)
+    tokenizer_max_length: int | None = same_flag(TrainConfig, "tokenizer_max_length", offered=False)
+    text_encoder_use_attention_mask: bool = same_flag(TrainConfig, "text_encoder_use_attention_mask", offered=False)
+    validation_images: list | None = same_flag(TrainConfig, "validation_images", offered=False)
+    class_labels_conditioning: str | None = same_flag(TrainConfig, "class_labels_conditioning", offered=False)
+
+    pretrained_model_name_or_path: str = flag(defaults.TOY_XL_MODEL, "SDXL hub id, local folder, or toy-world-xl.", group="model", resume_must_match=True)
+    pretrained_vae_model_name_or_path: str | None = flag(None, "Another VAE (e.g. madebyollin/sdxl-vae-fp16-fix), a folder or hub id.", group="model", resume_must_match=True)
     dataset_name: str | None = flag(None, "A hub dataset of instance images (needs the datasets library and a network: refused).", group="data")
     dataset_config_name: str | None = flag(None, "The dataset's config (with --dataset_name).", group="data")
     cache_dir: str | None = flag(None, "Where hub datasets are cached (with --dataset_name).", group="data")
     image_column: str = flag("image", "The dataset's image column (with --dataset_name).", group="data")
     caption_column: str | None = flag(None, "The dataset's caption column (with --dataset_name).", group="data")
-    repeats: int = flag(1, "Repeat the instance photos this many times in each epoch.", group="data")
-    random_flip: bool = flag(False, "Flip training pictures left-right at random (the time ids are unchanged).", group="data")
-    resolution: int = flag(1024, "Training image size in pixels (SDXL's own is 1024).", group="data")
-    learning_rate: float = flag(1e-4, "Learning rate of the UNet's adapters after warmup.")
-    text_encoder_lr: float = flag(5e-6, "Learning rate of the text encoders' adapters (with --train_text_encoder).")
-    optimizer: str = flag("AdamW", "AdamW (prodigy needs PyTorch's prodigyopt: refused).")
+    repeats: int = flag(1, "Repeat the instance photos this many times in each epoch.", group="data", resume_must_match=True, rule='at least 1')
+    random_flip: bool = flag(False, "Flip training pictures left-right at random (the time ids are unchanged).", group="data", resume_must_match=True)
+    resolution: int = flag(1024, "Training image size in pixels (SDXL's own is 1024).", group="data", resume_must_match=True, shown=True)
+    learning_rate: float = flag(1e-4, "Learning rate of the UNet's adapters after warmup.", resume_must_match=True, shown=True, rule='positive', advice='DreamBooth uses 1e-6 to 1e-4')
+    text_encoder_lr: float = flag(5e-6, "Learning rate of the text encoders' adapters (with --train_text_encoder).", resume_must_match=True, rule='positive', advice="5e-6 is the reference's")
+    optimizer: str = flag("AdamW", "AdamW (prodigy needs PyTorch's prodigyopt: refused).", resume_must_match=True)
     prodigy_beta3: float | None = flag(None, "Prodigy's beta3 (with --optimizer=prodigy).")
     prodigy_decouple: bool = flag(True, "Prodigy's decoupled weight decay (with --optimizer=prodigy).")
-    adam_weight_decay: float = flag(1e-4, "AdamW weight decay of the UNet's adapters.")
-    adam_weight_decay_text_encoder: float = flag(1e-3, "AdamW weight decay of the text encoders' adapters.")
+    adam_weight_decay: float = flag(1e-4, "AdamW weight decay of the UNet's adapters.", resume_must_match=True, rule='non-negative', advice='1e-2 is the default')
+    adam_weight_decay_text_encoder: float = flag(1e-3, "AdamW weight decay of the text encoders' adapters.", resume_must_match=True, rule='non-negative')
     prodigy_use_bias_correction: bool = flag(True, "Prodigy's bias correction (with --optimizer=prodigy).")
     prodigy_safeguard_warmup: bool = flag(True, "Prodigy's warmup safeguard (with --optimizer=prodigy).")
-    do_edm_style_training: bool = flag(False, "EDM-style objective: the clean latents, weighted by 1/sigma^2.")
+    do_edm_style_training: bool = flag(False, "EDM-style objective: the clean latents, weighted by 1/sigma^2.", resume_must_match=True)
     use_dora: bool = flag(False, "DoRA adapters (mindone 0.3.0 has none: refused).")
+
+    PRODIGY_FLAGS: ClassVar[tuple] = ("prodigy_beta3", "prodigy_decouple", "prodigy_use_bias_correction",
+                                      "prodigy_safeguard_warmup")
+
+    def checks(self) -> tuple:
+        return (*_CHECKS, _check_sdxl)
+
+    def notes(self) -> list[str]:
+        changed = self.changed()
+        return super().notes() + [f"--{n} only applies to --optimizer=prodigy; ignored."
+                                  for n in self.PRODIGY_FLAGS if n in changed]
+
+
+def any_config_names_with(fact: str) -> tuple[str, ...]:
+    """names_with over every command's settings (SDXL LoRA's config holds every field of the other two): for what reads
+    a saved config as a plain dict."""
+    return names_with(SDXLLoraTrainConfig, fact)
 
 
 def _default(f: dataclasses.Field):
@@ -296,7 +362,7 @@ def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
     with_prior=True adds prior preservation with chapter 03's class images.
     """
     settings = dict(
-        output_dir=TUTORIAL_OUTPUT, max_train_steps=200, learning_rate=1e-4, lr_warmup_steps=0,
+        output_dir=TUTORIAL_OUTPUT, max_train_steps=200, learning_rate=defaults.TOY_LEARNING_RATE, lr_warmup_steps=0,
         checkpointing_steps=50, checkpoints_total_limit=2, validation_prompt="a photo of sks star on a blue background",
         num_validation_images=2, validation_steps=100, report_to="tensorboard",
     )
@@ -306,17 +372,15 @@ def tutorial_config(with_prior: bool = False, **changes) -> TrainConfig:
 
 
 # chapter 06's DreamBooth runs on the toy world: (full profile, test profile); the test profile's 8 steps would show nothing
-TOY_STEPS = (300, 80)
-TOY_CLASS_IMAGES = (48, 24)
 TOY_RUNS_DIR = Path("outputs") / "toyworld-dreambooth"
 
 
 def toy_dreambooth_config(prior: bool, output_dir: str | None = None, **changes) -> TrainConfig:
     """Chapter 06's runs: the sample subject on toy-world, with or without prior preservation (shorter under the test profile)."""
-    fast = defaults.fast_profile()
     settings = dict(
-        num_class_images=TOY_CLASS_IMAGES[fast], sample_batch_size=8, train_batch_size=4, max_train_steps=TOY_STEPS[fast],
-        learning_rate=1e-4, lr_warmup_steps=0, checkpointing_steps=10_000,
+        num_class_images=defaults.by_profile(defaults.TOY_CLASS_IMAGES), sample_batch_size=8, train_batch_size=4,
+        max_train_steps=defaults.by_profile(defaults.TOY_STEPS), learning_rate=defaults.TOY_LEARNING_RATE,
+        lr_warmup_steps=0, checkpointing_steps=10_000,
         output_dir=output_dir or str(TOY_RUNS_DIR / ("with-prior" if prior else "no-prior")),
     )
     base = subject_config(prior, pretrained_model_name_or_path=defaults.TOY_MODEL)
@@ -369,34 +433,21 @@ def _check_finite(c: TrainConfig) -> list[str]:
             for f in fields(c) if isinstance(getattr(c, f.name), float) and not math.isfinite(getattr(c, f.name))]
 
 
-# flag: (rule, advice); rules: "positive" > 0, "at least 1", "non-negative" >= 0, "fraction" in [0, 1)
-RANGES = {
-    "train_batch_size": ("at least 1", ""), "sample_batch_size": ("at least 1", ""), "num_train_epochs": ("at least 1", ""),
-    "checkpointing_steps": ("at least 1", ""), "gradient_accumulation_steps": ("at least 1", ""),
-    "num_class_images": ("at least 1", ""), "validation_steps": ("at least 1", ""), "num_validation_images": ("at least 1", ""),
-    "max_train_steps": ("at least 1", "or leave it out"), "checkpoints_total_limit": ("at least 1", "or leave it out"),
-    "tokenizer_max_length": ("at least 1", "or leave it out"), "lr_num_cycles": ("at least 1", ""),
-    "learning_rate": ("positive", "DreamBooth uses 1e-6 to 1e-4"), "lr_power": ("positive", "1.0 is a straight line"),
-    "adam_epsilon": ("positive", "1e-8 is usual"), "snr_gamma": ("positive", "5.0 is typical; or leave it out"),
-    "lr_warmup_steps": ("non-negative", ""), "prior_loss_weight": ("non-negative", "1.0 is the paper's value"),
-    "max_grad_norm": ("non-negative", "0 turns clipping off"), "adam_weight_decay": ("non-negative", "1e-2 is the default"),
-    "seed": ("non-negative", "any whole number from 0 works"),
-    "adam_beta1": ("fraction", "0.9 is usual"), "adam_beta2": ("fraction", "0.999 is usual"),
-    "lora_rank": ("at least 1", "4 to 128 is usual"), "validation_epochs": ("at least 1", ""),
-    "repeats": ("at least 1", ""), "text_encoder_lr": ("positive", "5e-6 is the reference's"),
-    "adam_weight_decay_text_encoder": ("non-negative", ""),
-}
+# rules of flag(rule=...): "positive" > 0, "at least 1", "non-negative" >= 0, "fraction" in [0, 1)
 RULES = {"positive": (lambda v: v > 0, "must be above 0"), "at least 1": (lambda v: v >= 1, "must be at least 1"),
          "non-negative": (lambda v: v >= 0, "cannot be negative"), "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
 
 
 def _check_ranges(c: TrainConfig) -> list[str]:
+    """Each number within the range its flag's rule names (flag(rule=..., advice=...))."""
     out = []
-    for name, (rule, advice) in RANGES.items():
-        value = getattr(c, name, None)
+    for f in fields(c):
+        rule, advice, value = f.metadata.get("rule"), f.metadata.get("advice"), getattr(c, f.name)
+        if rule is None or value is None:
+            continue
         holds, says = RULES[rule]
-        if value is not None and not holds(value):
-            out.append(f"--{name}={value} {says}" + (f" ({advice})." if advice else "."))
+        if not holds(value):
+            out.append(f"--{f.name}={value} {says}" + (f" ({advice})." if advice else "."))
     return out
 
 
@@ -456,10 +507,8 @@ def _check_paths(c: TrainConfig) -> list[str]:
     return out
 
 
-def _check_sdxl(c: TrainConfig) -> list[str]:
+def _check_sdxl(c: SDXLLoraTrainConfig) -> list[str]:
     """The SDXL script's flags that cannot work here, each with the reason."""
-    if not isinstance(c, SDXLLoraTrainConfig):
-        return []
     out = [f"--{name} reads a dataset from the hub with the datasets library, which needs a network; put the photos "
            f"in a folder and give --instance_data_dir." for name in NEEDS_DATASETS if getattr(c, name)]
     if c.optimizer != "AdamW":
@@ -495,7 +544,7 @@ def _check_distributed(c: TrainConfig) -> list[str]:
     return []
 
 
-_CHECKS = (_check_finite, _check_ranges, _check_sdxl, _check_resolution, _check_choices, _check_prior, _check_prompts,
+_CHECKS = (_check_finite, _check_ranges, _check_resolution, _check_choices, _check_prior, _check_prompts,
            _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)
 
 
@@ -505,7 +554,7 @@ LORA_LR_FACTOR = 10  # LoRA's learning rate over full fine-tuning's in the same 
 def lora_config(**changes) -> LoraTrainConfig:
     """Chapter 08's LoRA run: chapter 06's subject and settings, rank-4 adapters at a LoRA learning rate."""
     base = toy_dreambooth_config(prior=True, output_dir=str(LORA_DIR / "adapters"))
-    settings = {f.name: getattr(base, f.name) for f in fields(TrainConfig) if f.name not in LoraTrainConfig.HIDDEN}
+    settings = {f.name: getattr(base, f.name) for f in offered_fields(LoraTrainConfig) if hasattr(base, f.name)}
     return LoraTrainConfig(**{**settings, "learning_rate": base.learning_rate * LORA_LR_FACTOR, "lora_rank": 4,
                               **changes})
 

@@ -25,6 +25,14 @@ TOY_GUIDANCE = 4.0  # classifier-free guidance for the toy-world models: prompts
 REFERENCE_GUIDANCE = 7.5  # what diffusers' pipelines use for Stable Diffusion 1.x/2.x (hub models)
 SAMPLE_BATCH = 4  # pictures per compiled sampling call (a short batch is padded to it)
 
+# ---------------------------------------------------------------------------- the toy world's DreamBooth recipe
+TOY_LEARNING_RATE = 1e-4  # full fine-tuning of the toy model (chapters 04-07, make demo); LoRA takes 10x
+# (full profile, test profile) pairs: chapter 06's runs and what is judged of them per seed and model
+TOY_STEPS = (300, 80)
+TOY_CLASS_IMAGES = (48, 24)
+TOY_JUDGED = ({"n": 16, "per_context": 8}, {"n": 8, "per_context": 4})
+TOY_FOLLOWING = ({"n": 100}, {"n": 40, "per_shape": 4})
+
 # ---------------------------------------------------------------------------- profiles
 FAST_ENV = "DREAMBOOTH_NB_FAST"  # "1": the short test profile (nbval, CI)
 TEST_PROFILE_STEPS = 8  # training steps of a run under the test profile
@@ -34,6 +42,11 @@ TEST_PROFILE_CLASS_IMAGES = 4  # class images of a run under the test profile (c
 def fast_profile() -> bool:
     """True when DREAMBOOTH_NB_FAST=1 asks for the short settings used by tests."""
     return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def by_profile(pair: tuple):
+    """The full profile's value of a (full, test) pair, or the test profile's under DREAMBOOTH_NB_FAST=1."""
+    return pair[1] if fast_profile() else pair[0]
 
 
 def inference_steps() -> int:

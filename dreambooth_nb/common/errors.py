@@ -12,3 +12,11 @@ class UserError(Exception):
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[31m{type(self).__name__}\x1b[0m: {line}" if i == 0 else line
                 for i, line in enumerate(str(self).splitlines() or [""])]
+
+
+class InputError(UserError, ValueError):
+    """A value that cannot work (a setting, an argument, a file's contents); the message says which and what to do."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder that is not there, or not what was expected; the message says what to give instead."""

@@ -72,6 +72,20 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def share_modes(root: str | os.PathLike) -> Path:
+    """Give `root` and everything under it the modes a new file or folder gets from the umask (usually 0644 and
+    0755): mindone's safetensors writer makes weight files 0600 and temporary folders are 0700, so a model meant
+    for sharing would be unreadable to other users and containers."""
+    root = Path(root)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    return root
+
+
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (finds exact duplicates, names content)."""
     digest = hashlib.sha256()

@@ -348,8 +348,9 @@ def small_files(folder: Path, limit: int = 4 << 20) -> dict[str, str]:
 
 
 def write_single_file(src: str | os.PathLike, dest: str | os.PathLike, fill_from: str | os.PathLike | None = None,
-                      embed_configs: bool = True) -> Path:
-    """Write a pipeline folder as one original-layout .safetensors; its configs ride along in the metadata."""
+                      embed_configs: bool = True, extra_metadata: dict | None = None) -> Path:
+    """Write a pipeline folder as one original-layout .safetensors; its configs (and extra_metadata) ride along in
+    the metadata."""
     src, dest = Path(src), Path(dest)
     require_pipeline(src)
     if dest.suffix != WEIGHT_SUFFIX:
@@ -363,7 +364,7 @@ def write_single_file(src: str | os.PathLike, dest: str | os.PathLike, fill_from
     tensors = to_single_file_tensors({n: network_weights(parts[n]) for n in networks},
                                      {n: network_config(parts[n]) for n in networks})
     metadata = {CONFIG_METADATA: json.dumps(pipeline_files(src, parts))} if embed_configs else {}
-    return write_weights(tensors, dest, metadata)
+    return write_weights(tensors, dest, {**metadata, **(extra_metadata or {})})
 
 
 def pipeline_files(src: Path, parts: dict[str, Path]) -> dict[str, str]:

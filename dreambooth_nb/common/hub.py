@@ -125,12 +125,34 @@ def push_preflight(hub_model_id: str | None, token: str | None, *, output_dir: s
         raise PushError(f"the hub cannot be reached, {reason}: {advice}")
 
 
-def require_model_folder(folder: str | os.PathLike) -> Path:
-    """The folder, when it holds a saved pipeline (model_index.json); PushError otherwise."""
+PUSHABLE_KINDS = ("pipeline", "adapters")  # what a training method leaves (train.method.TrainingMethod.result_kind)
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """'pipeline' (a saved pipeline: model_index.json), 'adapters' (a LoRA file), or None (neither)."""
+    from .formats import LORA_FILES
+
     folder = Path(folder)
-    if not (folder / "model_index.json").is_file():
-        raise PushError(f"{folder} holds no trained model (no model_index.json): pass the --output_dir of a "
-                        f"finished training run.")
+    if (folder / "model_index.json").is_file():
+        return "pipeline"
+    if any((folder / name).is_file() for name in LORA_FILES):
+        return "adapters"
+    return None
+
+
+def require_pushable_kind(kind: str) -> None:
+    """PushError (before any training) when a method leaves something the hub push does not take."""
+    if kind not in PUSHABLE_KINDS:
+        raise PushError(f"a run that leaves {kind!r} cannot be pushed (only {' or '.join(PUSHABLE_KINDS)}); "
+                        f"drop --push_to_hub.")
+
+
+def require_model_folder(folder: str | os.PathLike) -> Path:
+    """The folder, when it holds a saved pipeline or LoRA adapters; PushError otherwise."""
+    folder = Path(folder)
+    if folder_kind(folder) is None:
+        raise PushError(f"{folder} holds no trained model (no model_index.json, no pytorch_lora_weights.safetensors): "
+                        f"pass the --output_dir of a finished training run.")
     return folder
 
 

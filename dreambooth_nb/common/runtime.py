@@ -16,6 +16,7 @@ from . import defaults
 from .files import cache_dir
 from .tables import Table
 from .viz import in_ipython
+from .errors import InputError
 
 # The pair this package is tested with; setup() warns when another pair is installed.
 TESTED_VERSIONS = {"mindspore": "2.7.1", "mindone": "0.3.0"}
@@ -156,7 +157,7 @@ def choose_device(requested: str | None = None) -> str:
     for device in DEVICE_ORDER:
         if wanted.lower() == device.lower():
             return device
-    raise ValueError(
+    raise InputError(
         f"Unknown device {wanted!r} (from {'the device argument' if requested else DEVICE_ENV}). "
         f"Use one of: auto, {', '.join(DEVICE_ORDER)}."
     )
@@ -197,13 +198,18 @@ def setup(device: str | None = None, mode: str = "graph", seed: int = defaults.S
     "pynative" runs op by op, for debugging.
     """
     if mode not in {"graph", "pynative"}:
-        raise ValueError(f"mode must be 'graph' or 'pynative', not {mode!r}.")
+        raise InputError(f"mode must be 'graph' or 'pynative', not {mode!r}.")
     quiet_environment()
     isa = apply_onednn_fix()
     import mindspore as ms
 
     chosen = choose_device(device)
-    ms.set_device(chosen)
+    try:
+        ms.set_device(chosen)
+    except RuntimeError as error:  # kernels already ran (a pipeline sampled before setup): the device is fixed now
+        if "initialized" not in str(error):
+            raise
+        chosen = ms.get_context("device_target")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     seed_everything(seed)
     import_quietly("mindone.diffusers")

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 
 from ..common import defaults
-from ..common.assets import guidance_for, resolve_model
+from ..common.assets import resolve_model
 from ..common.runtime import import_quietly
 from ..models import Components, hub_access, require_model_parts
+from ..sampling import remember_guidance
+from ..common.errors import MissingFileError
 
 SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -37,7 +39,7 @@ def load_sdxl_components(model: str | os.PathLike | None = None, vae: str | os.P
     require_model_parts(source, sdxl=True)
     missing = [p for p in SDXL_PARTS if Path(source).is_dir() and not (Path(source) / p).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{source} is not an SDXL model: it has no {', '.join(p + '/' for p in missing)} "
+        raise MissingFileError(f"{source} is not an SDXL model: it has no {', '.join(p + '/' for p in missing)} "
                                 f"(SDXL has {', '.join(SDXL_PARTS)} and vae). For Stable Diffusion 1.x/2.x use "
                                 f"python -m dreambooth_nb.train_lora.")
     common = dict(revision=revision, variant=variant, **hub_access(source, revision))
@@ -67,7 +69,7 @@ def sdxl_pipeline(components: SDXLComponents, scheduler: str | None = None):
         scheduler=getattr(diffusers, name).from_config(components.noise_scheduler.config),
         force_zeros_for_empty_prompt=True)
     pipe.set_progress_bar_config(disable=True)
-    pipe.guidance_default = guidance_for(components.source)
+    remember_guidance(pipe, components.source)
     return pipe
 
 

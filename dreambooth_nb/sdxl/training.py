@@ -3,8 +3,6 @@ conditioning, optional EDM-style objective), its batches, and the method the eng
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from mindspore import ops
 from ..batches import BatchMaker, ImageSet, latent_shape
 from ..common.config import SDXLLoraTrainConfig
 from ..data import crop_with_corner, normalize
-from ..lora import LoraAdapters, TEXT_TARGETS, adapter_parameters, adapter_config, adapter_state, has_adapter
+from ..lora import TEXT_TARGETS, save_adapters
 from ..losses import DreamBoothLoss, dreambooth_loss
 from ..models import alphas_cumprod, tokenize_with_mask
 from .model import SDXLComponents, encode_prompts, load_sdxl_components, sdxl_pipeline, time_ids
@@ -69,15 +67,6 @@ class SDXLDreamBoothLoss(DreamBoothLoss):
 
 
 @dataclass
-class SDXLImages:
-    """An ImageSet with what SDXL needs beside it: each photo's size on disk, and the second tokenizer's ids."""
-
-    images: ImageSet
-    original_sizes: list  # (height, width) of each photo before resizing
-    input_ids_2: np.ndarray
-
-
-@dataclass
 class SDXLBatchMaker(BatchMaker):
     """Every step's SDXL inputs from (seed, step): pixels (random crop, optional flip), text, noise, time ids."""
 
@@ -118,37 +107,33 @@ class SDXLBatchMaker(BatchMaker):
 
 
 @dataclass(frozen=True)
-class SDXLLoraAdapters(LoraAdapters):
-    """DreamBooth LoRA on SDXL (a method for train_dreambooth): adapters on the UNet's attention, and with
-    --train_text_encoder on both text encoders; the text embeddings computed once when the encoders are frozen."""
+class SDXLLoraAdapters:
+    """DreamBooth LoRA on SDXL (train_dreambooth_lora_sdxl.py): adapters on the UNet's attention, and with
+    --train_text_encoder on both text encoders; the text embeddings computed once when the encoders are frozen.
+    A TrainingMethod (train.method)."""
+
+    config_class: type = SDXLLoraTrainConfig
+    description: str = ("DreamBooth LoRA on Stable Diffusion XL with MindSpore + mindone; flags match mindone's "
+                        "train_dreambooth_lora_sdxl.py.")
+    result_kind: str = "adapters"
+
+    @property
+    def command(self) -> str:
+        return self.config_class.COMMAND
 
     def load(self, config: SDXLLoraTrainConfig) -> SDXLComponents:
         return load_sdxl_components(config.pretrained_model_name_or_path, config.pretrained_vae_model_name_or_path,
                                     config.revision, config.variant)
 
-    def networks(self, config, components: SDXLComponents) -> dict:
-        from ..train.engine import freeze
-
-        freeze(components.vae)
+    def trained_networks(self, config, components: SDXLComponents) -> dict:
+        """The UNet, and both text encoders with --train_text_encoder."""
         nets = {"unet": components.unet}
         if config.train_text_encoder:
             nets.update(text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2)
-        else:
-            freeze(components.text_encoder)
-            freeze(components.text_encoder_2)
-        for name, net in nets.items():
-            net.set_train(True)
-            for p in net.get_parameters():
-                p.requires_grad = False
-            if not has_adapter(net):
-                net.add_adapter(adapter_config(self.rank, SDXL_UNET_TARGETS if name == "unet" else TEXT_TARGETS))
-            for p in adapter_parameters(net):
-                p.requires_grad = True
-                if name == "text_encoder_2" and not p.name.startswith(name):
-                    p.name = f"{name}.{p.name}"  # both encoders are CLIP: the optimizer needs distinct names
-        if config.gradient_checkpointing:
-            components.unet.enable_gradient_checkpointing()
         return nets
+
+    def adapter_targets(self, name: str) -> tuple:
+        return SDXL_UNET_TARGETS if name == "unet" else TEXT_TARGETS
 
     def parameters(self, config, nets: dict, schedule: list):
         """The UNet's adapters at --learning_rate; the text encoders' at --text_encoder_lr (the schedule scaled) and
@@ -194,8 +179,16 @@ class SDXLLoraAdapters(LoraAdapters):
     def pipeline(self, components: SDXLComponents, scheduler: str | None = None):
         return sdxl_pipeline(components, scheduler)
 
-    def save_result(self, components: SDXLComponents, output_dir: Path, config) -> None:
-        save_sdxl_adapters(components, output_dir, config)
+    def save_result(self, components: SDXLComponents, output_dir: Path, config) -> Path:
+        """pytorch_lora_weights.safetensors with unet.*, text_encoder.* and text_encoder_2.* keys, as diffusers."""
+        from mindone.diffusers import StableDiffusionXLPipeline
+
+        nets = {"unet": components.unet, "text_encoder": components.text_encoder,
+                "text_encoder_2": components.text_encoder_2}
+        return save_adapters(StableDiffusionXLPipeline, nets, output_dir, config)
+
+
+SDXL_LORA = SDXLLoraAdapters()
 
 
 def original_sizes(images: ImageSet) -> list[tuple[int, int]]:
@@ -213,42 +206,9 @@ def repeated(images: ImageSet, times: int) -> ImageSet:
     return replace(images, images=images.images * times)
 
 
-def save_sdxl_adapters(components: SDXLComponents, output_dir: Path, config) -> Path:
-    """pytorch_lora_weights.safetensors with unet.*, text_encoder.* and text_encoder_2.* keys, as diffusers writes it."""
-    import json
-
-    from mindone.diffusers import StableDiffusionXLPipeline
-
-    from ..common.cards import shareable_settings
-    from ..common.files import write_text_atomic
-
-    output_dir = Path(output_dir)
-    tmp = output_dir / f".lora.tmp-{os.getpid()}"
-    texts = {name: adapter_state(net) if has_adapter(net) else None
-             for name, net in (("text_encoder_lora_layers", components.text_encoder),
-                               ("text_encoder_2_lora_layers", components.text_encoder_2))}
-    StableDiffusionXLPipeline.save_lora_weights(str(tmp), unet_lora_layers=adapter_state(components.unet), **texts)
-    write_text_atomic(tmp / "train_config.json", json.dumps(shareable_settings(config), indent=1))
-    for part in tmp.iterdir():
-        os.replace(part, output_dir / part.name)
-    tmp.rmdir()
-    return output_dir / "pytorch_lora_weights.safetensors"
-
-
-def validation_every(config: SDXLLoraTrainConfig, photos: int) -> int:
-    """--validation_epochs in optimizer steps (an epoch: every photo, repeated --repeats times, once)."""
-    per_step = config.train_batch_size * config.gradient_accumulation_steps
-    examples = max(photos * config.repeats, config.num_class_images if config.with_prior_preservation else 0, 1)
-    return config.validation_epochs * max(1, math.ceil(examples / per_step))
-
-
 def train_sdxl_lora(config: SDXLLoraTrainConfig, components: SDXLComponents | None = None, progress: bool = True,
                     on_step=None):
     """DreamBooth LoRA on SDXL with the training engine; returns its TrainResult."""
-    from ..common.assets import subject_photos_dir
-    from ..data import check_images
     from ..train.engine import train_dreambooth
 
-    photos = len(check_images(config.instance_data_dir or subject_photos_dir(), config.resolution).usable)
-    config = config.replace(validation_steps=validation_every(config, photos))
-    return train_dreambooth(config, components, progress, on_step, method=SDXLLoraAdapters(rank=config.lora_rank))
+    return train_dreambooth(config, components, progress, on_step, method=SDXL_LORA)

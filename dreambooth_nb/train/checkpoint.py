@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.errors import UserError
+from ..common.errors import InputError, MissingFileError, UserError
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -31,16 +31,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINED_FILE = "trained.safetensors"
 MANIFEST_FILE = "manifest.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
-# settings a resumed run must share with its checkpoint (the rest: step counts, logging, validation may change)
-RESUME_MUST_MATCH = (
-    "pretrained_model_name_or_path", "revision", "variant", "tokenizer_name", "instance_data_dir", "class_data_dir",
-    "instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight", "num_class_images",
-    "resolution", "center_crop", "train_text_encoder", "train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles", "lr_power", "adam_beta1",
-    "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "offset_noise", "snr_gamma",
-    "pre_compute_text_embeddings", "tokenizer_max_length", "text_encoder_use_attention_mask",
-    "class_labels_conditioning", "mixed_precision", "seed",
-)
 
 
 class CheckpointError(UserError, ValueError):
@@ -51,7 +41,7 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     """N of a checkpoint-N folder."""
     match = CHECKPOINT_NAME.match(Path(path).name)
     if not match:
-        raise ValueError(f"{path} is not named checkpoint-<step>.")
+        raise InputError(f"{path} is not named checkpoint-<step>.")
     return int(match.group(1))
 
 
@@ -77,7 +67,7 @@ def find_checkpoint(resume: str | None, output_dir: str | os.PathLike) -> Path |
     for candidate in (Path(resume), Path(output_dir) / resume, Path(output_dir) / Path(resume).name):
         if (candidate / STATE_FILE).is_file():
             return verified(candidate, [p for p in list_checkpoints(output_dir) if p != candidate])
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"--resume_from_checkpoint={resume}: no complete checkpoint there (a checkpoint-N folder with {STATE_FILE}). "
         f"Use 'latest', or one of: {', '.join(p.name for p in list_checkpoints(output_dir)) or 'none yet'}.")
 
@@ -99,6 +89,25 @@ def damage(checkpoint: Path) -> str | None:
             return f"{name} is missing"
         if file_hash(path) != digest:
             return f"{name} does not match its digest (changed or damaged after it was written)"
+    for name in expected:
+        bad = non_finite_tensor(checkpoint / name) if name.endswith(".safetensors") else None
+        if bad:
+            return f"{name} holds nan or inf in {bad} (a run that diverged, or a file changed with its digest)"
+    return None
+
+
+def non_finite_tensor(path: Path) -> str | None:
+    """The first tensor of a safetensors file with a nan or inf in it, or None when every number is finite."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        for key in f.keys():
+            try:
+                value = f.get_tensor(key)
+            except (TypeError, ValueError):  # a dtype NumPy lacks (bfloat16): not checked here
+                continue
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                return key
     return None
 
 
@@ -115,11 +124,14 @@ def verified(checkpoint: Path, older: list[Path]) -> Path:
 
 
 def mismatched_settings(saved: dict, config) -> dict[str, tuple]:
-    """{flag: (checkpoint's value, this run's value)} for the settings a resume must keep."""
+    """{flag: (checkpoint's value, this run's value)} for the settings a resume must keep (flag(resume_must_match=True))."""
     import dataclasses
 
+    from ..common.config import names_with
+
     now = dataclasses.asdict(config)
-    return {k: (saved.get(k), now.get(k)) for k in RESUME_MUST_MATCH if k in saved and saved.get(k) != now.get(k)}
+    return {k: (saved.get(k), now.get(k)) for k in names_with(config, "resume_must_match")
+            if k in saved and saved.get(k) != now.get(k)}
 
 
 def check_settings(path: Path, state: dict, config) -> None:
@@ -169,12 +181,12 @@ def set_parameters(params: dict, arrays: dict[str, np.ndarray], source: str) -> 
 
     missing = [key for key in params if key not in arrays]
     if missing:
-        raise ValueError(f"{source} lacks {len(missing)} weights (e.g. {missing[0]}): it was written for another "
+        raise InputError(f"{source} lacks {len(missing)} weights (e.g. {missing[0]}): it was written for another "
                          "model or other training settings. Resume with the settings it was made with.")
     for key, p in params.items():
         value = arrays[key]
         if tuple(value.shape) != tuple(p.shape):
-            raise ValueError(f"{source}: {key} has shape {value.shape}, the model expects {tuple(p.shape)}.")
+            raise InputError(f"{source}: {key} has shape {value.shape}, the model expects {tuple(p.shape)}.")
         p.set_data(ms.Tensor(value, dtype=p.dtype))
 
 
@@ -192,7 +204,7 @@ def weight_file(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"No {' or '.join(WEIGHT_FILES)} in {folder}.")
+    raise MissingFileError(f"No {' or '.join(WEIGHT_FILES)} in {folder}.")
 
 
 def load_net_weights(net, folder: Path) -> None:

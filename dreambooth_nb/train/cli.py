@@ -6,9 +6,9 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from ..common import defaults
+
 from ..common.commands import EXIT_ERROR, EXIT_INTERRUPTED, QuietParser, run_command
-from ..common.config import ConfigError, TrainConfig
+from ..common.config import ConfigError, TrainConfig, offered_fields
 
 GROUP_TITLES = {
     "model": "model", "data": "data and prior preservation", "training": "training",
@@ -44,9 +44,7 @@ def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.
     )
     parser.add_argument("--device", default=None, help="auto (default), Ascend, GPU or CPU.")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
-    for f in fields(config_class):
-        if f.name in config_class.HIDDEN:
-            continue
+    for f in offered_fields(config_class):
         meta = f.metadata
         default = f.default if f.default is not MISSING else f.default_factory()
         kind = _value_type(str(f.type))
@@ -66,7 +64,7 @@ def build_parser(config_class=TrainConfig, prog: str = "python -m dreambooth_nb.
 def parse_config(argv: list[str] | None = None, config_class=TrainConfig, parser=None):
     """A config from command-line arguments (argparse exits with one line on unknown flags)."""
     namespace = (parser or build_parser(config_class)).parse_args(argv)
-    values = {f.name: getattr(namespace, f.name) for f in fields(config_class) if f.name not in config_class.HIDDEN}
+    values = {f.name: getattr(namespace, f.name) for f in offered_fields(config_class)}
     return config_class(**values), namespace
 
 
@@ -82,13 +80,13 @@ def checked(config) -> bool:
     return True
 
 
-def start(device: str | None, seed: int | None) -> None:
+def start(device: str | None, seed: int) -> None:
     """Set MindSpore up and say so in one line (a signal during its import is honoured once the import is done)."""
     from ..common import runtime
     from ..common.commands import signals_deferred
 
     with signals_deferred() as stop_requested:
-        info = runtime.setup(device=device, seed=defaults.SEED if seed is None else seed, show=False)
+        info = runtime.setup(device=device, seed=seed, show=False)
     if stop_requested():
         raise KeyboardInterrupt("stopped while MindSpore started")
     print(info.summary_line())
@@ -97,7 +95,8 @@ def start(device: str | None, seed: int | None) -> None:
 def finished(result) -> int:
     """The closing line of a run and its exit code."""
     state = "interrupted after" if result.interrupted else "finished after"
-    print(f"{state} {result.steps} steps; model saved in {result.output_dir}")
+    untrained = " (untrained: no step was done)" if result.steps == 0 else ""
+    print(f"{state} {result.steps} steps; model saved in {result.output_dir}{untrained}")
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
@@ -108,12 +107,14 @@ def hub_repo(config) -> str:
     return config.hub_model_id or Path(config.output_dir).resolve().name
 
 
-def push_ready(config) -> str | None:
-    """With --push_to_hub: the token, after checking (in seconds, before any work) that a push can work."""
+def push_ready(config, result_kind: str = "pipeline") -> str | None:
+    """With --push_to_hub: the token, after checking (in seconds, before any work) that a push can work, and that
+    what the run will leave (result_kind: a pipeline or an adapter folder) is something the hub push takes."""
     if not config.push_to_hub:
         return None
-    from ..common.hub import push_preflight, resolve_token
+    from ..common.hub import push_preflight, require_pushable_kind, resolve_token
 
+    require_pushable_kind(result_kind)
     token = resolve_token(config.hub_token)
     push_preflight(hub_repo(config), token, output_dir=config.output_dir)
     return token
@@ -127,24 +128,29 @@ def push(config, token: str) -> None:
     print(f"pushed {config.output_dir} to {url} (private)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Validate the flags, set up MindSpore, train, and say where the model went (exit 2 on a user mistake)."""
-    config, namespace = parse_config(argv)
+def main(argv: list[str] | None = None, method=None) -> int:
+    """The command line of a training method (train.method; full fine-tuning when None): validate its flags, set up
+    MindSpore, train, say where the result went (exit 2 on a user mistake). `python -m dreambooth_nb.train`,
+    `train_lora` and `train_sdxl_lora` are this function with their method."""
+    if method is None:
+        from .engine import FULL_FINE_TUNING as method
+    parser = build_parser(method.config_class, prog=f"python -m {method.command}", description=method.description)
+    config, namespace = parse_config(argv, method.config_class, parser)
     if not checked(config):
         return EXIT_ERROR
 
     def work() -> int:
-        token = push_ready(config)
-        start(namespace.device, config.seed)  # imports MindSpore with signals deferred
+        token = push_ready(config, method.result_kind)
+        start(namespace.device, config.seed_used)  # imports MindSpore with signals deferred
         from .engine import train_dreambooth
 
-        result = train_dreambooth(config)
+        result = train_dreambooth(config, method=method)
         code = finished(result)
         if config.push_to_hub and not result.interrupted:
             push(config, token)
         return code
 
-    return run_command("train", work, config.output_dir)
+    return run_command(method.command.rsplit(".", 1)[-1], work, config.output_dir)
 
 
 def run_in_fresh_process(config) -> dict:

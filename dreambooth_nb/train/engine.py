@@ -17,8 +17,8 @@ from ..batches import BatchMaker, latent_shape
 from ..common import defaults, runtime
 from ..common.cards import shareable_settings, write_run_card
 from ..common.commands import signals_deferred
-from ..common.config import TrainConfig
-from ..common.errors import UserError
+from ..common.config import TrainConfig, names_with
+from ..common.errors import InputError, UserError
 from ..common.tables import Table
 from ..common.world import World, barrier, current_world
 from ..losses import loss_network
@@ -28,6 +28,8 @@ from ..sampling import save_pipeline
 from . import checkpoint as ckpt
 from .distributed import DIGEST_DIR, grad_reducer
 from .output import RunLock, bytes_needed, check_writable, keep_earlier_run, remove_stale_temporaries
+from .adapters import add_adapters
+from .method import TrainingMethod, missing_hooks
 from .step import adamw, lr_schedule
 
 
@@ -204,105 +206,175 @@ class Trainer:
         self.optimizer.global_step.set_data(ms.Tensor(np.zeros(self.optimizer.global_step.shape, np.int32)))
 
 
-def networks_to_train(config: TrainConfig, components: Components) -> dict:
-    """The networks this run changes, by their folder name: the UNet, and the text encoder when asked; the rest frozen."""
-    freeze(components.vae)
-    nets = {"unet": components.unet}
-    if config.train_text_encoder:
-        nets["text_encoder"] = components.text_encoder
-    else:
-        freeze(components.text_encoder)
-    for net in nets.values():
+# ------------------------------------------------------------------ what every method shares (done once, here)
+NETWORK_NAMES = ("text_encoder", "text_encoder_2", "vae", "unet")  # every network a Components may hold
+
+
+def prepare_networks(config: TrainConfig, method: TrainingMethod, components) -> dict:
+    """The networks the method trains, ready: every other network frozen, train mode on, adapters added (rank
+    --lora_rank) where the method names targets, only what trains trainable, and --gradient_checkpointing applied."""
+    nets = method.trained_networks(config, components)
+    for name in NETWORK_NAMES:
+        if name not in nets:
+            freeze(getattr(components, name, None))
+    for name, net in nets.items():
         net.set_train(True)
+        targets = method.adapter_targets(name)
+        for p in net.get_parameters():
+            p.requires_grad = targets is None
+        if targets is not None:
+            add_adapters(net, name, targets, config.lora_rank)
     if config.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:  # mindone 0.3.0's CLIP has no switch: recompute each layer with MindSpore's own
-            for layer in components.text_encoder.text_model.encoder.layers:
-                layer.recompute()
+        recompute_activations(nets)
     return nets
 
 
+def recompute_activations(nets: dict) -> None:
+    """Gradient checkpointing: the UNet's own switch; each text encoder layer recomputed with MindSpore's (mindone
+    0.3.0's CLIP has no switch)."""
+    for name, net in nets.items():
+        if name == "unet":
+            net.enable_gradient_checkpointing()
+        elif name.startswith("text_encoder"):
+            for layer in net.text_model.encoder.layers:
+                layer.recompute()
+
+
+def with_validation_steps(config: TrainConfig, photos: int) -> TrainConfig:
+    """--validation_epochs (the LoRA scripts' flag) as --validation_steps: an epoch is every instance photo (times
+    --repeats) once, or every class image when there are more; unchanged for a config without that flag."""
+    epochs = getattr(config, "validation_epochs", None)
+    if epochs is None:
+        return config
+    examples = max(photos * getattr(config, "repeats", 1),
+                   config.num_class_images if config.with_prior_preservation else 0, 1)
+    per_step = config.train_batch_size * config.gradient_accumulation_steps
+    return config.replace(validation_steps=epochs * max(1, math.ceil(examples / per_step)))
+
+
+# ------------------------------------------------------------------ Stable Diffusion's hooks (full fine-tuning, LoRA)
+def sd_networks(config: TrainConfig, components: Components) -> dict:
+    """The UNet, and the text encoder with --train_text_encoder."""
+    nets = {"unet": components.unet}
+    if config.train_text_encoder:
+        nets["text_encoder"] = components.text_encoder
+    return nets
+
+
+def sd_embeddings(config: TrainConfig, components: Components, image_sets) -> tuple | None:
+    """The frozen text encoder's output for each prompt when --pre_compute_text_embeddings, else None."""
+    if not config.pre_compute_text_embeddings:
+        return None
+    return text_embeddings(components, image_sets, config.text_encoder_use_attention_mask)
+
+
+def sd_batches(config: TrainConfig, components: Components, instance, classes, seed: int, world: World,
+               embeddings) -> BatchMaker:
+    """Every step's inputs, made on the host from (seed, step)."""
+    return BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
+                      components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size, embeddings)
+
+
+def sd_pipeline(components: Components, scheduler: str | None = None):
+    """A sampling pipeline sharing the networks being trained (validation images, class images)."""
+    from ..sampling import pipeline_from_components
+
+    return pipeline_from_components(components, scheduler)
+
+
+def trainable_weights(nets: dict) -> list:
+    """Every trainable weight of the networks (one parameter group, one learning rate)."""
+    return [p for net in nets.values() for p in net.trainable_params()]
+
+
+def load_sd(config: TrainConfig) -> Components:
+    """The model's pieces, from the config's model name or folder."""
+    return load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name)
+
+
+def save_whole_pipeline(components: Components, output_dir: Path, config: TrainConfig) -> Path:
+    """Full fine-tuning's result: the whole pipeline in diffusers layout (without the text encoder on request)."""
+    return save_pipeline(components, output_dir, config, config.skip_save_text_encoder)
+
+
 @dataclass(frozen=True)
-class FullFineTuning:
-    """What full fine-tuning of Stable Diffusion trains and keeps: every weight of the UNet (and of the text encoder
-    when asked); the whole pipeline is saved.
+class StableDiffusionMethod:
+    """A TrainingMethod (train.method) for Stable Diffusion 1.x/2.x: full fine-tuning (train_dreambooth.py, below) or
+    LoRA (train_dreambooth_lora.py, chapter 08's lora.LORA). Both load the same pieces and train them with the same
+    loss and batches; they differ in their settings, in which layers train (`targets`: adapters on these layers of
+    these networks; empty: every weight) and in what is saved."""
 
-    The engine asks its method for everything that depends on the model or on what is trained: loading the pieces,
-    which weights train, the loss Cell, the batches, a sampling pipeline (validation and class images), what a
-    checkpoint holds, and how the result is saved. LoRA (chapter 08) and SDXL LoRA (chapter 09) are other methods.
-    """
+    config_class: type
+    description: str
+    result_kind: str  # "pipeline" or "adapters"
+    targets: tuple = ()  # ((network name, (layer names, ...)), ...)
+    save: Callable = save_whole_pipeline
 
-    whole_networks_in_checkpoints: bool = True
+    @property
+    def command(self) -> str:
+        return self.config_class.COMMAND
 
     def load(self, config: TrainConfig) -> Components:
-        """The model's pieces, from the config's model name or folder."""
-        return load_components(config.pretrained_model_name_or_path, config.revision, config.variant,
-                               config.tokenizer_name)
+        return load_sd(config)
 
-    def networks(self, config: TrainConfig, components: Components) -> dict:
-        """The networks to train, every weight of them trainable."""
-        nets = networks_to_train(config, components)
-        for net in nets.values():
-            for p in net.get_parameters():
-                p.requires_grad = True
-        return nets
+    def trained_networks(self, config: TrainConfig, components: Components) -> dict:
+        return sd_networks(config, components)
+
+    def adapter_targets(self, name: str) -> tuple | None:
+        return dict(self.targets).get(name) if self.targets else None
 
     def parameters(self, config: TrainConfig, nets: dict, schedule: list):
-        """What AdamW updates: every trainable weight, one learning rate (a method may give groups of their own)."""
-        return [p for net in nets.values() for p in net.trainable_params()]
+        return trainable_weights(nets)
 
     def loss(self, config: TrainConfig, components: Components, precomputed: bool):
-        """The compiled forward pass and loss (DreamBoothLoss)."""
         return loss_network(config, components, precomputed)
 
     def embeddings(self, config: TrainConfig, components: Components, image_sets) -> tuple | None:
-        """The frozen text encoder's output for each prompt when --pre_compute_text_embeddings, else None."""
-        if not config.pre_compute_text_embeddings:
-            return None
-        return text_embeddings(components, image_sets, config.text_encoder_use_attention_mask)
+        return sd_embeddings(config, components, image_sets)
 
     def batches(self, config: TrainConfig, components: Components, instance, classes, seed: int, world: World,
                 embeddings) -> BatchMaker:
-        """Every step's inputs, made on the host from (seed, step)."""
-        return BatchMaker(instance, classes, config, latent_shape(components, config.resolution),
-                          components.noise_scheduler.config.num_train_timesteps, seed, world.rank, world.size,
-                          embeddings)
+        return sd_batches(config, components, instance, classes, seed, world, embeddings)
 
     def pipeline(self, components: Components, scheduler: str | None = None):
-        """A sampling pipeline sharing the networks being trained (validation images, class images)."""
-        from ..sampling import pipeline_from_components
+        return sd_pipeline(components, scheduler)
 
-        return pipeline_from_components(components, scheduler)
-
-    def save_result(self, components: Components, output_dir: Path, config: TrainConfig) -> None:
-        """The whole pipeline in diffusers layout."""
-        save_pipeline(components, output_dir, config, config.skip_save_text_encoder)
+    def save_result(self, components: Components, output_dir: Path, config: TrainConfig) -> Path:
+        return self.save(components, output_dir, config)
 
 
-# Settings that never change the compiled step: a run differing only in these reuses the last run's graph.
-GRAPH_NEUTRAL = frozenset({
-    "output_dir", "seed", "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
-    "validation_prompt", "num_validation_images", "validation_steps", "validation_images", "validation_scheduler",
-    "logging_dir", "report_to", "instance_data_dir", "class_data_dir", "instance_prompt", "class_prompt",
-    "num_class_images", "sample_batch_size", "center_crop", "offset_noise", "dataloader_num_workers",
-    "skip_save_text_encoder", "push_to_hub", "hub_token", "hub_model_id", "prior_generation_precision",
-})
-_LAST_TRAINER: dict = {}
+# every weight of the UNet (and of the text encoder when asked) trains; the whole pipeline is saved
+FULL_FINE_TUNING = StableDiffusionMethod(
+    TrainConfig, "DreamBooth fine-tuning with MindSpore + mindone; flags match mindone's train_dreambooth.py.",
+    "pipeline")
+
+
+def check_method(method) -> TrainingMethod:
+    """The method, when it provides every hook of TrainingMethod; TypeError naming what it lacks otherwise."""
+    missing = missing_hooks(method)
+    if missing:
+        raise TypeError(f"{type(method).__name__} is not a complete training method: it lacks {', '.join(missing)} "
+                        f"(see dreambooth_nb/train/method.py)")
+    return method
+
+
+_LAST_TRAINER: dict = {}  # the last run's trainer and what it was built for (trainer_for)
 
 
 def trainer_for(config: TrainConfig, components: Components, steps: int, world: World = World(),
-                precision: Precision = Precision(), method=FullFineTuning()) -> Trainer:
+                precision: Precision = Precision(), method: TrainingMethod = FULL_FINE_TUNING) -> Trainer:
     """The last run's trainer, reset, when only graph-neutral settings changed (no second ~20 s compile); else a new one.
 
     Reuse needs the same networks (the same `components` object): its weights are trained further
     from where they are, exactly as a new trainer would.
     """
-    settings = tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in GRAPH_NEUTRAL)
+    neutral = names_with(config, "graph_neutral")  # settings that never change the compiled step
+    settings = tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in neutral)
     key = (id(components.unet), id(components.text_encoder), id(components.vae), steps, world, precision, method,
            settings)
     if _LAST_TRAINER.get("key") == key:
         trainer = _LAST_TRAINER["trainer"]
-        method.networks(config, components)
+        prepare_networks(config, method, components)
         trainer.reset()
         return trainer
     _LAST_TRAINER.clear()  # let the previous graph and optimizer state go before building the next
@@ -312,18 +384,18 @@ def trainer_for(config: TrainConfig, components: Components, steps: int, world: 
 
 
 def build_trainer(config: TrainConfig, components: Components, steps: int, world: World = World(),
-                  precision: Precision = Precision(), method=FullFineTuning()) -> Trainer:
+                  precision: Precision = Precision(), method: TrainingMethod = FULL_FINE_TUNING) -> Trainer:
     """The compiled step (and accumulation) cells, the optimizer and its lr schedule for this run."""
     from .step import make_step
 
-    nets = method.networks(config, components)
+    nets = prepare_networks(config, method, components)
     schedule = lr_schedule(config, steps, world.size)
     optimizer = make_optimizer(method.parameters(config, nets, schedule), schedule, config)
     step_cell, apply_cell = make_step(
         method.loss(config, components, config.pre_compute_text_embeddings), optimizer, config.max_grad_norm,
         config.gradient_accumulation_steps, grad_reducer(optimizer.parameters, world), precision.loss_scale)
     return Trainer(step_cell, apply_cell, optimizer, schedule, nets, config.gradient_accumulation_steps,
-                   whole_networks=method.whole_networks_in_checkpoints)
+                   whole_networks=method.result_kind == "pipeline")
 
 
 def sink_feed(step_cell, make_batch: BatchMaker, first: int, count: int):
@@ -350,16 +422,20 @@ def train_dreambooth(config: TrainConfig, components: Components | None = None, 
     on_step(history) is called after every optimizer step (a LivePlot, for example); raising
     KeyboardInterrupt there (or pressing Stop / Ctrl-C) ends training with a checkpoint written.
     The output folder is locked for the run: a second run on it stops at once. `method` says what is trained
-    and saved: full fine-tuning (the default) or LoRA adapters (chapter 08's LoraAdapters).
+    and saved (a train.method.TrainingMethod): full fine-tuning (the default) or LoRA adapters (chapter 08's lora.LORA).
     """
+    if not isinstance(config, TrainConfig):
+        raise InputError(f"train_dreambooth takes a TrainConfig, not {type(config).__name__} {config!r}: build one "
+                         f"with db.tutorial_config(output_dir=...) or db.TrainConfig(...), then pass it.")
     config.validate()
+    config = config.replace(seed=config.seed_used)  # every file of the run records the seed it used
     device = runtime.ensure_setup().device
     check_memory_efficient_attention(config, device)
     world = current_world(config.distributed)
     output_dir = Path(config.output_dir)
     lock = RunLock.acquire(output_dir) if world.main else None
     try:
-        return train_locked(config, components, progress, on_step, device, world, method or FullFineTuning())
+        return train_locked(config, components, progress, on_step, device, world, check_method(method or FULL_FINE_TUNING))
     finally:
         if lock is not None:
             lock.release()
@@ -372,8 +448,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
     if world.main:
         check_writable(output_dir, 0)
         remove_stale_temporaries(output_dir)
-    seed = defaults.SEED if config.seed is None else config.seed
-    runtime.seed_everything(seed)
+    runtime.seed_everything(config.seed)
     components = components or method.load(config)
     use_memory_efficient_attention(config, components)
     check_resolution(config.resolution, components)
@@ -384,6 +459,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
         for note in prompt_notes(config, components.tokenizer):
             warn(note)
     instance, classes = load_training_data(config, components, world, method.pipeline)
+    config = with_validation_steps(config, len(instance))
     report_photos([s for s in (instance, classes) if s is not None], config.resolution, world)
     steps = total_steps(config, len(instance), world.size)
     embeddings = method.embeddings(config, components, [s for s in (instance, classes) if s is not None])
@@ -391,7 +467,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
     trainer = trainer_for(config, components, steps, world, precision, method)
     if world.main:
         check_writable(output_dir, room_needed(config, components, trainer, steps))
-    make_batch = method.batches(config, components, instance, classes, seed, world, embeddings)
+    make_batch = method.batches(config, components, instance, classes, config.seed, world, embeddings)
     result = resume(config, trainer, world)
     if sink:
         trainer.sink = sink_feed(trainer.step_cell, make_batch, result.steps * trainer.accumulation,
@@ -408,7 +484,7 @@ def train_locked(config: TrainConfig, components: Components | None, progress: b
         require_finite_weights(run, "the final model")
         method.save_result(components, result.output_dir, config)
         save_samples_grid(result.output_dir)
-        write_run_card(result.output_dir, config, result.history, steps_done=result.steps, device=device, seed=seed)
+        write_run_card(result.output_dir, config, result.history, steps_done=result.steps, device=device, seed=config.seed)
         write_resources(result)
         (result.output_dir / "error.log").unlink(missing_ok=True)  # an earlier failure's log, now out of date
     if world.size > 1:
@@ -433,7 +509,7 @@ def write_resources(result: TrainResult) -> Path:
 def check_memory_efficient_attention(config: TrainConfig, device: str) -> None:
     """--enable_xformers_memory_efficient_attention needs Ascend: mindone maps it to the NPU's flash attention."""
     if config.enable_xformers_memory_efficient_attention and device != "Ascend":
-        raise ValueError(f"--enable_xformers_memory_efficient_attention: mindone maps it to Ascend's flash attention "
+        raise InputError(f"--enable_xformers_memory_efficient_attention: mindone maps it to Ascend's flash attention "
                          f"(FlashAttentionScore), which has no {device} kernel; remove the flag on {device}.")
 
 
@@ -453,9 +529,14 @@ def prompt_notes(config: TrainConfig, tokenizer) -> list[str]:
             kept = tokenizer.decode(tokenizer(prompt, truncation=True, max_length=limit).input_ids, skip_special_tokens=True)
             notes.append(f"--{flag} is {len(tokenizer(prompt).input_ids)} tokens long; the text encoder reads the first "
                          f"{limit}: {kept!r}.")
+    words = config.instance_prompt.lower().split()
     if config.class_prompt and set(config.instance_prompt.split()) <= set(config.class_prompt.split()):
         notes.append(f"--instance_prompt={config.instance_prompt!r} adds no word to --class_prompt: without a rare "
                      f"identifier (e.g. 'a photo of sks dog') the model learns your subject as the class itself.")
+    elif not config.class_prompt and len(words) >= 2 and words[-2] in ("a", "an", "the", "my", "your", "our"):
+        notes.append(f"--instance_prompt={config.instance_prompt!r} has no identifier before the class word "
+                     f"{words[-1]!r}: DreamBooth binds the subject to a rare word (e.g. 'a photo of sks {words[-1]}'); "
+                     f"without one the model learns your subject as the class itself.")
     return notes
 
 
@@ -481,7 +562,7 @@ def check_resolution(resolution: int, components: Components, headroom: int = 4)
     """Refuse a resolution far above what the model was built for: its attention layers would need huge buffers."""
     native = model_resolution(components)
     if resolution > headroom * native:
-        raise ValueError(f"--resolution={resolution} is more than {headroom}x the {native} px this model was built for "
+        raise InputError(f"--resolution={resolution} is more than {headroom}x the {native} px this model was built for "
                          f"(memory grows with the square of the image area); use --resolution={native}.")
 
 
@@ -535,7 +616,7 @@ class Run:
     world: World
     log: object  # report.MetricsLog
     device: str = "CPU"
-    method: object = FullFineTuning()
+    method: TrainingMethod = FULL_FINE_TUNING
 
 
 def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], bool] = lambda: False) -> None:
@@ -675,7 +756,10 @@ def stop_with_checkpoint(run: Run) -> None:
     if done > 0 and (latest is None or ckpt.checkpoint_step(latest) != done):
         write_checkpoint(run)
     where = result.checkpoints[-1] if result.checkpoints else latest
-    _say(run.world, f"interrupted after step {done}; resume with resume_from_checkpoint='latest' ({where})")
+    if where is None:
+        _say(run.world, f"interrupted after step {done}, before any checkpoint: run the same command again to start over")
+    else:
+        _say(run.world, f"interrupted after step {done}; resume with resume_from_checkpoint='latest' ({where})")
 
 
 def stop_after(steps: int, on_step: Callable[[list], None] | None = None) -> Callable[[list], None]:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
+from ..common.errors import MissingFileError
 
 METRICS_FILE = "metrics.jsonl"
 VALIDATION_DIR = "validation"
@@ -100,7 +101,7 @@ def validation_images(make_pipeline, components, config, step: int, output_dir: 
     from ..sampling import generate, save_images
 
     pipe = make_pipeline(components, config.validation_scheduler)
-    seed = defaults.SEED if config.seed is None else config.seed
+    seed = config.seed_used
     n = config.num_validation_images
     folder = output_dir / VALIDATION_DIR / f"step-{step}"
     images, paths = [], []
@@ -130,7 +131,7 @@ def samples_over_steps(output_dir: str | os.PathLike, prompt_index: int | None =
     folder = Path(output_dir) / VALIDATION_DIR
     steps = validation_steps_saved(output_dir)
     if not steps:
-        raise FileNotFoundError(f"{folder} holds no step-N folders: train with validation_prompt set "
+        raise MissingFileError(f"{folder} holds no step-N folders: train with validation_prompt set "
                                 f"(and validation_steps below max_train_steps) to save samples as training goes.")
     info = json.loads((folder / f"step-{steps[-1]}" / PROMPTS_FILE).read_text(encoding="utf-8"))
     prompts = list(range(len(info["prompts"]))) if prompt_index is None else [prompt_index]
