@@ -68,7 +68,7 @@ _EXPORTS = {
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",
     # 08
     "LoraTrainConfig": "common.config", "lora_config": "common.config", "train_lora_adapters": "lora:train_lora",
-    "adapter_config": "lora", "lora_pipeline": "lora", "adapter_file": "lora", "merge_adapters": "lora", "unmerge_adapters": "lora",
+    "adapter_config": "train.adapters", "lora_pipeline": "lora", "adapter_file": "lora", "merge_adapters": "lora", "unmerge_adapters": "lora",
     "strength_grid": "lora", "lora_size": "lora", "compare_methods": "lora", "full_config_of": "lora",
     "rank_sweep": "lora", "lora_panels": "lora",
     # 09
