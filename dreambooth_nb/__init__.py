@@ -46,7 +46,7 @@ _EXPORTS = {
     "vae_round_trip": "models", "noised_versions": "models", "plot_noise_schedule": "models", "add_noise": "models",
     "alphas_cumprod": "models", "inspect_identifier": "models",
     "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling", "sampling_pipeline": "sampling",
-    "guide": "sampling", "denoising_step": "sampling", "sample_by_hand": "sampling", "guidance_sweep": "sampling",
+    "guide": "sampling", "denoising_step": "sampling", "sample_by_hand": "sampling", "guidance_sweep": "sampling", "guidance_off_switch": "sampling",
     "denoising_trajectory": "sampling",
     # 03
     "ensure_class_images": "prior", "generate_class_images": "prior", "class_images": "prior",

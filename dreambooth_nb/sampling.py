@@ -220,16 +220,37 @@ def decode(pipe, latents):
 
 def guidance_sweep(pipe, prompts: Sequence[str], scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 7.5, 12.0),
                    seed: int = defaults.SEED, num_inference_steps: int | None = None):
-    """One row per prompt, one column per guidance scale, the same seed everywhere; returns the figure."""
+    """One row per prompt, one column per guidance scale, the same seed and timesteps everywhere; returns the figure.
+
+    Every picture comes from sample_by_hand, the package's own guided step (guide): scale 0 is the prediction
+    without the prompt, as the formula says. (mindone's pipeline switches guidance off for scale <= 1 and draws the
+    prompt's picture instead, so there scale 0 looks exactly like scale 1.)
+    """
     from .common.viz import show_images
 
     images, titles = [], []
     for prompt in prompts:
         for scale in scales:
-            images += generate(pipe, [prompt], [seed], num_inference_steps=num_inference_steps, guidance_scale=scale,
-                               batch_size=1)
+            images.append(sample_by_hand(pipe, prompt, seed, num_inference_steps, guidance_scale=scale)[0])
             titles.append(f"scale {scale:g}" + ("\n(no prompt)" if scale == 0 else "") + (f"\n{prompt}" if scale == scales[0] else ""))
     return show_images(images, titles=titles, ncols=len(scales), scale=1.6)
+
+
+def guidance_off_switch(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None) -> dict:
+    """Mean absolute difference (0-255) between pictures of one prompt and seed: mindone's pipeline at scale 0 vs
+    at scale 1 (the same picture: it turns guidance off for scale <= 1), and the package's own guided step at
+    scale 0 (the prediction without the prompt) vs the pipeline at scale 1."""
+    def pixels(image) -> np.ndarray:
+        return np.asarray(image, dtype=np.float32)
+
+    def drawn(scale: float):
+        return generate(pipe, [prompt], [seed], num_inference_steps=num_inference_steps, guidance_scale=scale,
+                        batch_size=1)[0]
+
+    at_one = pixels(drawn(1.0))
+    by_hand = pixels(sample_by_hand(pipe, prompt, seed, num_inference_steps, guidance_scale=0.0)[0])
+    return {"pipeline: scale 0 vs scale 1": float(np.abs(pixels(drawn(0.0)) - at_one).mean()),
+            "guided step: scale 0 vs pipeline scale 1": float(np.abs(by_hand - at_one).mean())}
 
 
 def denoising_trajectory(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,
