@@ -37,7 +37,7 @@ _EXPORTS = {
     "resolve_model": "common.assets", "subject_photos_dir": "common.assets", "portrait_photo": "common.assets",
     "tiny_model_path": "common.assets", "training_settings": "common.assets",
     "toy_pretraining_captions": "common.assets", "show_code": "common.viz",
-    "show_images": "common.viz", "image_grid": "common.viz", "plot_loss": "common.viz", "LivePlot": "common.viz",
+    "show_images": "common.viz", "mean_difference": "common.viz", "image_grid": "common.viz", "plot_loss": "common.viz", "LivePlot": "common.viz",
     # 01
     "list_images": "data", "load_rgb": "data", "DataError": "data", "get_instance_photos": "data",
     "check_images": "data", "make_problem_examples": "data", "describe_photos": "data", "transform_steps": "data", "normalize": "data",

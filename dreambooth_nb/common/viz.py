@@ -45,6 +45,13 @@ def wrap_title(title: str, scale: float = 2.0) -> str:
     return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
 
 
+def mean_difference(a, b) -> float:
+    """Mean absolute difference of two pictures in 0-255 pixel levels (0: the same picture)."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(to_pil(a), np.float32) - np.asarray(to_pil(b), np.float32)).mean())
+
+
 def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 4,
                 scale: float = 2.0, suptitle: str | None = None):
     """Plot a list of images as a grid with optional titles; returns the figure."""
