@@ -23,3 +23,26 @@ def test_the_decoder_stage_leaves_the_encoder_and_so_the_latents_unchanged(tmp_p
     assert any(not np.array_equal(before[n], after[n]) for n in trained)
     assert len(log.history) == 2 and (tmp_path / "decoder" / "checkpoint-2").is_dir()
     assert all(p.requires_grad for p in vae.get_parameters()), "the other stages train the whole VAE again"
+
+
+def test_the_learning_curve_appends_each_step_once_and_draws_it(tmp_path, monkeypatch):
+    """curve_probe: one point per probed step in curve.json (a resumed run does not measure a step again), and
+    curve.png redrawn; the scores come from evaluate (stubbed here: they are tested in test_toyworld)."""
+    import json
+
+    from dreambooth_nb.models import load_components
+    from dreambooth_nb.toyworld import evaluate, pretrain
+
+    calls = []
+    monkeypatch.setattr(evaluate, "prompt_following", lambda pipe, seed, **kw: calls.append(seed) or
+                        {"shape": 0.5, "colour": 0.25, "background": 1.0, "size": 0.75, "place": 0.0})
+    monkeypatch.setattr(evaluate, "context_following", lambda pipe, seed, **kw: {"background follows": 0.9,
+                                                                                  "place follows": 0.1})
+    probe = pretrain.curve_probe(load_components("toy-world"), tmp_path, seed=0)
+    probe(1000)
+    probe(1000)  # resumed: already measured
+    probe(2000)
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [1000, 2000] and len(calls) == 2
+    assert curve[0]["background follows"] == 0.9 and 0 < curve[0]["identifier distance"] < 1
+    assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -180,7 +180,7 @@ def curve_probe(components: Components, out: Path, seed: int):
     appended to out/curve.json (a step already there is skipped, so a resumed run keeps its curve) and drawn."""
     from ..common.files import save_atomic
     from ..sampling import pipeline_from_components
-    from .evaluate import context_following, prompt_following
+    from .evaluate import context_following, identifier_distance, prompt_following
 
     path = out / "curve.json"
 
@@ -194,13 +194,16 @@ def curve_probe(components: Components, out: Path, seed: int):
         pipe = pipeline_from_components(components, scheduler=SAMPLER)
         kw = dict(steps=defaults.INFERENCE_STEPS, guidance=defaults.TOY_GUIDANCE)
         scores = {**prompt_following(pipe, seed, n=40, per_shape=2, **kw), **context_following(pipe, seed, **kw)}
+        identifier = identifier_distance(components.tokenizer, components.text_encoder)
         for net in nets:
             net.set_train(True)
-        curve.append({"step": step, **{k: float(scores[k]) for k in CURVE_SCORES if k in scores}})
+        curve.append({"step": step, **{k: float(scores[k]) for k in CURVE_SCORES if k in scores},
+                      "identifier distance": identifier["identifier distance"],
+                      f"{scenes.IDENTIFIER} norm": identifier[f"{scenes.IDENTIFIER} norm"]})
         write_json_atomic(path, curve)
         save_atomic(curve_figure(curve), out / "curve.png")
-        print(f"step {step}: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in curve[-1].items() if k != "step"),
-              flush=True)
+        print(f"step {step}: " + ", ".join(f"{k} {100 * curve[-1][k]:.0f} %" for k in CURVE_SCORES if k in curve[-1])
+              + f", identifier distance {identifier['identifier distance']:.3f}", flush=True)
 
     return probe
 
