@@ -6,6 +6,7 @@ trained, a fine-tuned one, or the base model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,11 +21,14 @@ from .common.assets import guidance_for
 from .common.cards import shareable_settings
 from .common.files import replace_dir, save_atomic, share_modes
 from .common.runtime import import_quietly
+from .common.waits import said_wait
 from .common.errors import InputError
 
 # The guidance scale each pipeline samples with by default, kept here rather than on the pipeline (an object of
 # mindone's): weak keys, so a pipeline that is dropped takes its entry with it.
 _GUIDANCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# The call shapes each UNet has already compiled for (its first call with a new shape compiles a graph: said).
+_COMPILED_SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 SCHEDULERS = ("DPMSolverMultistepScheduler", "PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
 
@@ -98,11 +102,25 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
         chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
         pad = batch_size - len(chunk)
         generators = [np.random.default_rng(s) for s in chunk_seeds + chunk_seeds[:1] * pad]
-        out = pipe(chunk + chunk[:1] * pad, num_inference_steps=steps, guidance_scale=guidance,
-                   negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
-                   height=size, width=size, generator=generators, output_type="pil")
+        with first_call_said(pipe, size, batch_size, guided=guidance > 1):
+            out = pipe(chunk + chunk[:1] * pad, num_inference_steps=steps, guidance_scale=guidance,
+                       negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
+                       height=size, width=size, generator=generators, output_type="pil")
         images += list(out[0])[:len(chunk)]
     return images
+
+
+def first_call_said(pipe, size: int, batch_size: int, guided: bool):
+    """The first sampling call of a UNet at a picture size and batch compiles its graph: said, with how long it took
+    last time on this machine and the seconds so far; later calls go through unannounced."""
+    shape = (size, batch_size, guided)
+    seen = _COMPILED_SHAPES.setdefault(pipe.unet, set())
+    if shape in seen:
+        return contextlib.nullcontext()
+    seen.add(shape)
+    model = Path(str(getattr(pipe, "name_or_path", None) or type(pipe.unet).__name__)).name
+    key = f"sampling: {model} {size} px, batch {batch_size}, {'guided' if guided else 'unguided'}"
+    return said_wait("compiling the sampler (first call at this size)", key)
 
 
 def checked_prompts_and_seeds(prompts, seeds) -> tuple[list[str], list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,6 +21,7 @@ from ..common.commands import signals_deferred
 from ..common.config import TrainConfig, names_with
 from ..common.errors import InputError, UserError
 from ..common.tables import Table
+from ..common.waits import said_wait
 from ..common.world import World, barrier, current_world
 from ..losses import loss_network
 from ..models import Components, load_components, model_resolution, vae_factor
@@ -176,6 +178,7 @@ class Trainer:
     sink: Callable | None = None
     terms: tuple = ("loss", "instance_loss", "prior_loss")  # names of what the step returns, the loss first
     whole_networks: bool = True  # checkpoints hold the whole trained networks (False: only the trained weights)
+    warm: bool = False  # its graph compiled (the first step ran)
 
     def optimizer_steps(self) -> int:
         """Updates applied so far (the optimizer's own counter, also the lr schedule's position)."""
@@ -629,13 +632,15 @@ def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], boo
     try:
         for step in range(result.steps, run.steps):
             start = time.perf_counter()
-            record = {"step": step + 1, **run.trainer.run(run.make_batch, step), "lr": run.trainer.schedule[step]}
+            with first_step_said(run, bar, progress and run.world.main):
+                values = run.trainer.run(run.make_batch, step)
+            record = {"step": step + 1, **values, "lr": run.trainer.schedule[step]}
             require_finite_loss(run, record)
             result.history.append(record)
             result.steps = step + 1
             result.step_seconds.append(time.perf_counter() - start)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             after_step(run)
             run.log.scalars(record)
             if on_step is not None:
@@ -646,6 +651,17 @@ def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], boo
         stop_with_checkpoint(run)
     finally:
         bar.close()
+
+
+def first_step_said(run: Run, bar, show: bool):
+    """The first step of a trainer compiles its graph: said before it starts, its seconds counted on the bar; later
+    steps (and a trainer reused by the next run) go through unannounced."""
+    if run.trainer.warm:
+        return contextlib.nullcontext()
+    run.trainer.warm = True
+    key = (f"train step: {run.components.source} {run.config.resolution} px, batch {run.config.train_batch_size}, "
+           f"{'prior' if run.config.with_prior_preservation else 'no prior'}, {run.method.result_kind}")
+    return said_wait("compiling the training step", key, bar, show=show)
 
 
 def validate_before_training(run: Run) -> None:

@@ -1,0 +1,80 @@
+"""Waits said out loud: before a long first call (a graph compiling), one line with what is happening and how long
+it took last time on this machine, and seconds counted on the progress bar while it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+
+from .files import cache_dir, write_json_atomic
+
+TIMES_FILE = "wait_times.json"  # in the cache folder: {what: seconds it took last time}
+TICK_SECONDS = 2.0  # how often the seconds so far are shown
+
+
+def last_seconds(key: str) -> float | None:
+    """How long the wait `key` took the last time it ran on this machine (None: never measured)."""
+    path = cache_dir() / TIMES_FILE
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_seconds(key: str, seconds: float) -> None:
+    """Record how long the wait `key` took (a cache that cannot be written is no reason to fail)."""
+    path = cache_dir() / TIMES_FILE
+    try:
+        times = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        times = {}  # none yet, or unreadable: start again
+    if not isinstance(times, dict):
+        times = {}
+    times[key] = round(seconds, 1)
+    try:
+        write_json_atomic(path, times)
+    except OSError:
+        pass
+
+
+def expectation(key: str, first_time: str) -> str:
+    """'about 40 s last time on this machine', or `first_time` when it was never measured here."""
+    seconds = last_seconds(key)
+    return first_time if seconds is None else f"about {seconds:.0f} s last time on this machine"
+
+
+@contextlib.contextmanager
+def said_wait(what: str, key: str, bar=None, first_time: str = "the first time here: up to a few minutes on a CPU",
+              show: bool = True):
+    """Say `what` is starting and how long it took last time; while it runs, the seconds so far are shown (on the
+    progress bar `bar` when given, else on their own line); afterwards the time is recorded for next time. A wait
+    that fails or is interrupted records nothing."""
+    start = time.perf_counter()
+    done = threading.Event()
+    if show:
+        print(f"{what} ({expectation(key, first_time)}) ...", file=sys.stderr, flush=True)
+
+    def tick():
+        while not done.wait(TICK_SECONDS):
+            seconds = f"{what}: {time.perf_counter() - start:.0f} s"
+            if bar is not None:
+                bar.set_postfix_str(seconds, refresh=True)
+            else:
+                print(f"\r  {seconds}", end="", file=sys.stderr, flush=True)
+
+    ticker = threading.Thread(target=tick, daemon=True) if show else None
+    if ticker is not None:
+        ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if ticker is not None:
+            ticker.join(timeout=2 * TICK_SECONDS)
+    seconds = time.perf_counter() - start
+    remember_seconds(key, seconds)
+    if show and bar is None:
+        print(f"\r  {what}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
