@@ -66,3 +66,30 @@ def test_static_loss_scale_changes_nothing_in_fp32():
     scaled, _, scaled_losses = _train(2, loss_scale=1024.0)
     np.testing.assert_allclose(scaled, plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scaled_losses, plain_losses, rtol=1e-6)  # the reported loss is unscaled
+
+
+@pytest.mark.slow
+def test_clipping_over_one_concatenation_equals_mindspores():
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from dreambooth_nb.train.step import clip_by_global_norm
+
+    runtime.setup(device="CPU", show=False)
+    rng = np.random.default_rng(2)
+    grads = tuple(ms.Tensor(rng.standard_normal(shape).astype(np.float32) * 2) for shape in [(3, 4), (5,), (2, 2, 2)])
+
+    class Both(nn.Cell):
+        def __init__(self, max_norm):
+            super().__init__()
+            self.max_norm = max_norm
+
+        def construct(self, g):
+            return clip_by_global_norm(g, self.max_norm), ops.clip_by_global_norm(g, self.max_norm)
+
+    for max_norm in (0.5, 100.0):  # clipped, and left alone
+        ours, theirs = Both(max_norm)(grads)
+        for a, b, g in zip(ours, theirs, grads):
+            np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-6, atol=1e-7)
+        norm = np.sqrt(sum(float((o.asnumpy() ** 2).sum()) for o in ours))
+        assert norm == pytest.approx(min(max_norm, np.sqrt(sum(float((g.asnumpy() ** 2).sum()) for g in grads))), rel=1e-5)
