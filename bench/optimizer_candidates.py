@@ -8,14 +8,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
+from dreambooth_nb.train.step import _flat  # the engine's: a tensor flattened to fp32
+
 _hyper_map = ops.HyperMap()
-_flat = ops.MultitypeFuncGraph("flat")
 _write_back = ops.MultitypeFuncGraph("write_back")
-
-
-@_flat.register("Tensor")
-def _flat_fp32(tensor):
-    return ops.reshape(tensor, (-1,)).astype(ms.float32)
 
 
 @_write_back.register("Tensor", "Tensor", "Number", "Number")
@@ -53,10 +49,11 @@ class FlatAdamW(nn.Cell):
         self.offsets = tuple(int(sum(self.sizes[start:i])) for _, start, end in self.buckets for i in range(start, end))
         self.beta1, self.beta2, self.eps, self.max_grad_norm = beta1, beta2, eps, float(max_grad_norm)
         self.global_step = ms.Parameter(ms.Tensor(np.zeros(1, np.int32)), name="global_step", requires_grad=False)
-        self.moments1 = ms.ParameterTuple([self._flat(f"adam_m.{b}", start, end) for b, (_, start, end) in enumerate(self.buckets)])
-        self.moments2 = ms.ParameterTuple([self._flat(f"adam_v.{b}", start, end) for b, (_, start, end) in enumerate(self.buckets)])
+        self.moments1 = ms.ParameterTuple([self._zeros(f"adam_m.{b}", start, end) for b, (_, start, end) in enumerate(self.buckets)])
+        self.moments2 = ms.ParameterTuple([self._zeros(f"adam_v.{b}", start, end) for b, (_, start, end) in enumerate(self.buckets)])
 
-    def _flat(self, name: str, start: int, end: int) -> ms.Parameter:
+    def _zeros(self, name: str, start: int, end: int) -> ms.Parameter:
+        """A zero moment buffer as long as weights start..end together."""
         return ms.Parameter(ms.Tensor(np.zeros(sum(self.sizes[start:end]), np.float32)), name=name, requires_grad=False)
 
     def construct(self, grads):
