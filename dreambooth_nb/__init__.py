@@ -44,10 +44,11 @@ _EXPORTS = {
     # 02
     "load_components": "models", "tokenize": "models", "prompt_tokens": "models", "encode_prompt": "models",
     "vae_round_trip": "models", "noised_versions": "models", "plot_noise_schedule": "models", "add_noise": "models",
-    "alphas_cumprod": "models", "inspect_identifier": "models",
+    "alphas_cumprod": "models", "inspect_identifier": "models", "noise_scheduler": "models", "last_timestep": "models",
     "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling", "sampling_pipeline": "sampling",
     "guide": "sampling", "denoising_step": "sampling", "sample_by_hand": "sampling", "guidance_sweep": "sampling", "guidance_off_switch": "sampling",
-    "denoising_trajectory": "sampling",
+    "denoising_trajectory": "sampling", "background_probe": "sampling", "show_background_probes": "sampling",
+    "starting_noise": "sampling",
     # 03
     "ensure_class_images": "prior", "generate_class_images": "prior", "class_images": "prior",
     "prior_loss_terms": "prior", "training_batch": "prior", "dreambooth_loss": "losses",
@@ -62,7 +63,7 @@ _EXPORTS = {
     "toy_samples": "toyworld.experiments", "toy_subject_images": "toyworld.experiments",
     "toy_prompt_following": "toyworld.experiments", "toy_dreambooth_scores": "toyworld.experiments",
     "train_toy": "toyworld.experiments", "payoff_figure": "toyworld.experiments",
-    "show_committed": "toyworld.experiments", "committed_table": "toyworld.experiments",
+    "show_committed": "common.assets", "committed_table": "toyworld.experiments", "committed_prompt_following": "toyworld.experiments",
     "class_scores": "toyworld.evaluate", "load_judge": "toyworld.judge",
     # 07
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",

@@ -294,8 +294,9 @@ def plot_noise_schedule(scheduler, ax=None):
     ax.plot(a, "--", label="ᾱ_t (signal share of the variance)")
     ax.set_xlabel("timestep t")
     ax.set_ylabel("weight in x_t = √ᾱ_t·x + √(1-ᾱ_t)·ε")
+    zero = ", rescaled to zero terminal SNR" if scheduler.config.get("rescale_betas_zero_snr") else ""
     ax.set_title(f"the noise schedule: {scheduler.config.beta_schedule} betas "
-                 f"{scheduler.config.beta_start:g}-{scheduler.config.beta_end:g}, {len(a)} timesteps", fontsize=10)
+                 f"{scheduler.config.beta_start:g}-{scheduler.config.beta_end:g}{zero}, {len(a)} timesteps", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax.figure
@@ -313,6 +314,62 @@ def noised_versions(components: Components, image, timesteps, seed: int = 0, res
     noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
     a = alphas_cumprod(components.noise_scheduler)
     return [to_pil(data.denormalize(add_noise(x, noise, a[t]))) for t in timesteps]
+
+
+def noise_scheduler(schedule: str = "sd"):
+    """A training noise schedule by name (common.tiny_model.SCHEDULES: "sd" is Stable Diffusion v1's, "zero-snr"
+    the same betas rescaled to zero terminal SNR with v-prediction)."""
+    from .common.tiny_model import schedule_config
+
+    return import_quietly("mindone.diffusers").DDPMScheduler.from_config(schedule_config(schedule))
+
+
+@dataclass(repr=False)
+class LastTimestep(Table):
+    """What each schedule leaves of the picture at its last training timestep, and whether the background shows."""
+
+    ends: dict  # schedule name -> {"kept", "snr", "gap", "spread", "prediction"}
+    backgrounds: tuple
+    header = ("schedule", "picture kept at t = T (√ᾱ_T)", "terminal SNR", "background in the mean (gap / noise)",
+              "UNet predicts")
+
+    @property
+    def caption(self) -> str:
+        first, second = self.backgrounds
+        return (f"the same picture on a {first} and on a {second} background, noised to the last timestep with one ε: "
+                f"the gap between the two latents' channel means, against the spread noise alone gives that mean")
+
+    def rows(self) -> list[tuple]:
+        return [(name, f"{e['kept']:.3f}", f"{e['snr']:.2g}", f"{e['gap']:.3f} / {e['spread']:.3f} = {e['gap'] / e['spread']:.1f}",
+                 e["prediction"]) for name, e in self.ends.items()]
+
+
+def last_timestep(components: Components, schedulers: dict, backgrounds=("blue", "yellow")) -> LastTimestep:
+    """For each named scheduler: √ᾱ_T and the SNR at the last timestep T, and how far apart the channel means of
+    two noised latents are (one red circle on two backgrounds, the same ε), next to the spread of a channel mean
+    that the noise alone gives (√(1-ᾱ_T)/√(pixels of a latent channel)): above about 1, the noisiest latent still says
+    which background it came from, and a model learns to read it there instead of from the words."""
+    import numpy as np
+
+    from . import data
+    from .common import scenes
+    from .common.viz import to_pil
+
+    size = model_resolution(components)
+    pictures = [scenes.draw(scenes.Scene("circle", "red", b, 8.0, size / 2, size / 2, 0.0), size) for b in backgrounds]
+    import mindspore as ms
+
+    encode, _ = vae_cells(components.vae)
+    latents = encode(ms.Tensor(np.stack([data.normalize(to_pil(p)) for p in pictures]))).asnumpy()
+    noise = np.random.default_rng(0).standard_normal(latents.shape[1:]).astype(np.float32)
+    ends = {}
+    for name, scheduler in schedulers.items():
+        a = float(alphas_cumprod(scheduler)[-1])
+        noisy = add_noise(latents, noise, a)
+        gap = float(np.abs(noisy[0].mean((1, 2)) - noisy[1].mean((1, 2))).max())
+        ends[name] = dict(kept=a ** 0.5, snr=a / (1 - a), gap=gap, spread=(1 - a) ** 0.5 / np.sqrt(latents[0, 0].size),
+                          prediction=scheduler.config.prediction_type)
+    return LastTimestep(ends, tuple(backgrounds))
 
 
 # ------------------------------------------------------------ chapter 02: the identifier

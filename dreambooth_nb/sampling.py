@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,7 @@ from .common.assets import guidance_for
 from .common.cards import shareable_settings
 from .common.files import replace_dir, save_atomic, share_modes
 from .common.runtime import import_quietly
+from .common.tables import Table
 from .common.waits import said_wait
 from .common.errors import InputError
 
@@ -80,7 +82,7 @@ def default_guidance(pipe) -> float:
 def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = defaults.SEED,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
              negative_prompt: str | None = None, size: int | None = None,
-             batch_size: int = defaults.SAMPLE_BATCH) -> list:
+             batch_size: int = defaults.SAMPLE_BATCH, latents: np.ndarray | None = None) -> list:
     """PIL images, one per (prompt, seed) pair; the same seed and prompt always give the same image.
 
     num_inference_steps: 25 (10 under the test profile) when None. guidance_scale: the model's default
@@ -88,12 +90,16 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
     batch_size pictures (a short batch is padded, the extras dropped): the sampling loop compiles once for
     a pipeline, and a picture does not depend on how many others were drawn with it (another batch shape
     is another graph, with last-bit differences). Use batch_size=1 for single pictures from a large model.
+    latents: the starting noise itself, one (C, H, W) array per prompt (starting_noise draws the seeds' own).
     """
     prompts, seeds = checked_prompts_and_seeds(prompts, seeds)
     if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
                                             or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise InputError(f"num_inference_steps={num_inference_steps!r}: give a whole number of denoising steps, at "
                          f"least 1 (25 is the course's; None picks it).")
+    if latents is not None and len(latents) != len(prompts):
+        raise InputError(f"{len(latents)} starting latents for {len(prompts)} prompts: give one per prompt "
+                         f"(starting_noise(pipe, seeds) draws them).")
     size = size or default_size(pipe)
     steps = num_inference_steps or defaults.inference_steps()
     guidance = default_guidance(pipe) if guidance_scale is None else guidance_scale
@@ -102,10 +108,14 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
         chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
         pad = batch_size - len(chunk)
         generators = [np.random.default_rng(s) for s in chunk_seeds + chunk_seeds[:1] * pad]
+        given = None
+        if latents is not None:
+            given = np.asarray(latents[start:start + batch_size], np.float32)
+            given = import_quietly("mindspore").Tensor(np.concatenate([given, given[:1].repeat(pad, 0)]))
         with first_call_said(pipe, size, batch_size, guided=guidance > 1):
             out = pipe(chunk + chunk[:1] * pad, num_inference_steps=steps, guidance_scale=guidance,
                        negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
-                       height=size, width=size, generator=generators, output_type="pil")
+                       height=size, width=size, generator=generators, latents=given, output_type="pil")
         images += list(out[0])[:len(chunk)]
     return images
 
@@ -197,10 +207,13 @@ def denoising_step(pipe, latents, t, embeddings, scale: float):
     return pipe.scheduler.step(guided_noise(pipe, latents, t, embeddings, scale), t, latents, return_dict=False)[0]
 
 
-def predicted_clean(pipe, latents, t, eps):
-    """The clean latents a noise prediction implies at step t: (x_t - √(1-ᾱ_t) ε̂) / √ᾱ_t (the forward process undone)."""
+def predicted_clean(pipe, latents, t, prediction):
+    """The clean latents the UNet's prediction implies at step t (the forward process undone): from a noise
+    prediction ε̂, (x_t - √(1-ᾱ_t) ε̂) / √ᾱ_t; from a v-prediction v̂ (v = √ᾱ_t ε - √(1-ᾱ_t) x), √ᾱ_t x_t - √(1-ᾱ_t) v̂."""
     a = float(pipe.scheduler.alphas_cumprod[int(t)])
-    return (latents - (1 - a) ** 0.5 * eps) / a ** 0.5
+    if pipe.scheduler.config.prediction_type == "v_prediction":
+        return a ** 0.5 * latents - (1 - a) ** 0.5 * prediction
+    return (latents - (1 - a) ** 0.5 * prediction) / a ** 0.5
 
 
 def sample_by_hand(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,
@@ -269,6 +282,105 @@ def guidance_off_switch(pipe, prompt: str, seed: int = defaults.SEED, num_infere
     by_hand = pixels(sample_by_hand(pipe, prompt, seed, num_inference_steps, guidance_scale=0.0)[0])
     return {"pipeline: scale 0 vs scale 1": float(np.abs(pixels(drawn(0.0)) - at_one).mean()),
             "guided step: scale 0 vs pipeline scale 1": float(np.abs(by_hand - at_one).mean())}
+
+
+def starting_noise(pipe, seeds: Sequence[int], shift=None) -> np.ndarray:
+    """The starting latents generate() draws for these seeds (one (C, H, W) draw each, as the pipeline makes it),
+    plus `shift` (one value per channel) added to every pixel when given."""
+    size = default_size(pipe) // pipe.vae_scale_factor
+    channels = pipe.unet.config.in_channels
+    noise = np.concatenate([np.random.default_rng(s).standard_normal((1, channels, size, size)) for s in seeds])
+    if shift is not None:
+        noise = noise + np.asarray(shift, dtype=np.float64).reshape(1, channels, 1, 1)
+    return noise.astype(np.float32)
+
+
+def background_shift(pipe, background: str, kept: float) -> np.ndarray:
+    """What a schedule that keeps `kept` (√ᾱ_T) of the picture at its last timestep leaves of a plain `background`
+    picture's latent: its channel means times `kept`, one value per channel."""
+    import mindspore as ms
+
+    from .common import scenes
+
+    size = default_size(pipe)
+    plain = np.full((1, 3, size, size), np.array(scenes.BACKGROUNDS[background], np.float32)[:, None, None] / 127.5 - 1)
+    moments = pipe.vae.encode(ms.Tensor(plain, ms.float32))[0].asnumpy()
+    mean = moments[:, :moments.shape[1] // 2] * pipe.vae.config.scaling_factor
+    return kept * mean[0].mean((1, 2))
+
+
+@dataclass(repr=False)
+class BackgroundProbe(Table):
+    """Pictures from prompts that differ only in the background word, one seed per row: which background came out."""
+
+    words: tuple
+    seeds: tuple
+    got: list  # per seed, the background each word's picture has
+    images: list
+    shifted_toward: str | None = None
+    thing: str = "red circle"
+    header = ("seed", "asked -> drawn")
+
+    @property
+    def followed(self) -> float:
+        """Share of pictures whose background is the one their prompt asks for."""
+        return float(np.mean([g == w for row in self.got for g, w in zip(row, self.words)]))
+
+    @property
+    def caption(self) -> str:
+        shifted = f"; every starting noise shifted toward {self.shifted_toward}" if self.shifted_toward else ""
+        return f"background as asked in {self.followed:.0%} of {len(self.seeds) * len(self.words)} pictures{shifted}"
+
+    def rows(self) -> list[tuple]:
+        return [(seed, ", ".join(f"{w} -> {g}" for w, g in zip(self.words, row))) for seed, row in zip(self.seeds, self.got)]
+
+    @property
+    def label(self) -> str:
+        return f"noise shifted toward {self.shifted_toward}" if self.shifted_toward else "the seed's own noise"
+
+    def show(self):
+        return show_background_probes([self])
+
+
+def show_background_probes(probes: Sequence[BackgroundProbe], suptitle: str | None = None):
+    """The probes' pictures one under the other, a row per seed (labelled on the left), a column per background
+    word; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    words = probes[0].words
+    rows = [(probe, seed, probe.images[r * len(words):(r + 1) * len(words)])
+            for probe in probes for r, seed in enumerate(probe.seeds)]
+    fig, axes = plt.subplots(len(rows), len(words), figsize=(1.3 * len(words) + 1.6, 1.3 * len(rows) + 0.6), squeeze=False)
+    for r, (probe, seed, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"on {words[c]}", fontsize=9)
+        label = f"seed {seed}" + (f"\n{probe.label}\nas asked: {probe.followed:.0%}" if seed == probe.seeds[0] else "")
+        axes[r][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(suptitle or f"a photo of a {probes[0].thing} on a <word> background", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def background_probe(pipe, thing: str = "red circle", words: Sequence[str] = ("white", "black", "blue", "green", "yellow"),
+                     seeds: Sequence[int] = (0, 1, 2), shift_toward: str | None = None, kept: float = 0.068,
+                     num_inference_steps: int | None = None) -> BackgroundProbe:
+    """`a photo of a <thing> on a <word> background` for every word, the same starting noise in each row (one seed
+    per row): does the word choose the background, or the noise? shift_toward: add to every starting noise what a
+    schedule keeping `kept` of the picture at its last timestep (SD v1: 0.068) leaves of that background."""
+    from .common import scenes
+
+    prompts = [f"a photo of a {thing} on a {w} background" for _ in seeds for w in words]
+    row_seeds = [s for s in seeds for _ in words]
+    shift = background_shift(pipe, shift_toward, kept) if shift_toward else None
+    images = generate(pipe, prompts, row_seeds, num_inference_steps=num_inference_steps,
+                      latents=starting_noise(pipe, row_seeds, shift))
+    got = [[scenes.background_name(images[r * len(words) + i]) for i in range(len(words))] for r in range(len(seeds))]
+    return BackgroundProbe(tuple(words), tuple(seeds), got, images, shift_toward, thing)
 
 
 def denoising_trajectory(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,

@@ -8,6 +8,7 @@ from dreambooth_nb import infer
 from dreambooth_nb.common import runtime
 from dreambooth_nb.train import engine
 from dreambooth_nb import sampling
+from dreambooth_nb.common.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,33 @@ def test_guidance_moves_from_the_unconditional_prediction_toward_the_prompt():
     assert np.allclose(sampling.guide(uncond, cond, 0.0), uncond)
     assert np.allclose(sampling.guide(uncond, cond, 1.0), cond)
     assert np.allclose(sampling.guide(uncond, cond, 4.0), [9.0, -2.0])
+
+
+def test_the_starting_noise_given_is_the_seeds_own_draw_and_one_is_needed_per_prompt():
+    """starting_noise draws what the pipeline draws for a seed (so generate(latents=...) of it changes nothing), plus
+    a shift per channel; a count that does not match the prompts is refused."""
+    class Recorder:
+        unet = type("U", (), {"config": type("C", (), {"sample_size": 4, "in_channels": 2})()})()
+        vae_scale_factor = 2
+
+    pipe = Recorder()
+    noise = sampling.starting_noise(pipe, [5, 6], shift=[1.0, -2.0])
+    own = np.concatenate([np.random.default_rng(s).standard_normal((1, 2, 4, 4)) for s in (5, 6)])
+    assert noise.shape == (2, 2, 4, 4) and noise.dtype == np.float32
+    np.testing.assert_allclose(noise - own, np.array([1.0, -2.0]).reshape(1, 2, 1, 1) + 0 * own, atol=1e-6)
+    with pytest.raises(InputError, match="one per prompt"):
+        sampling.generate(pipe, ["a", "b", "c"], seeds=[1, 2, 3], latents=noise)
+
+
+def test_the_clean_picture_a_prediction_implies_undoes_the_forward_process_for_noise_and_v():
+    """predicted_clean: from ε̂ or from v̂ (v-prediction), the clean latents come back exactly."""
+    from types import SimpleNamespace
+
+    from dreambooth_nb.models import add_noise
+
+    rng = np.random.default_rng(0)
+    x, eps, a = rng.standard_normal(8), rng.standard_normal(8), 0.3
+    noisy = add_noise(x, eps, a)
+    for kind, prediction in (("epsilon", eps), ("v_prediction", a ** 0.5 * eps - (1 - a) ** 0.5 * x)):
+        pipe = SimpleNamespace(scheduler=SimpleNamespace(alphas_cumprod=[0.9, a], config=SimpleNamespace(prediction_type=kind)))
+        np.testing.assert_allclose(sampling.predicted_clean(pipe, noisy, 1, prediction), x, rtol=1e-6, err_msg=kind)

@@ -159,3 +159,14 @@ def test_identifier_report_reads_tokens_counts_and_neighbours(components):
     assert models.inspect_identifier(components, "dog", captions=captions).seen_in_training == 2
     assert "one token?" in str(report) and "<table>" in report._repr_html_()
     assert models.inspect_identifier(components, "dog").seen_in_training is None
+
+
+def test_sd_v1_keeps_the_background_in_the_noisiest_latent_and_zero_terminal_snr_keeps_nothing():
+    """last_timestep: under SD v1's schedule two pictures that differ only in background are still told apart by
+    their channel means at t = 999 (beyond the spread of the noise's own mean); at zero terminal SNR they are not."""
+    toy = models.load_components("toy-world")
+    ends = models.last_timestep(toy, {"sd": models.noise_scheduler("sd"), "zero": models.noise_scheduler("zero-snr")}).ends
+    assert abs(ends["sd"]["kept"] - 0.068) < 0.001 and abs(ends["sd"]["snr"] - 0.0047) < 0.0001
+    assert ends["sd"]["gap"] > 1.5 * ends["sd"]["spread"]
+    assert ends["zero"]["kept"] < 1e-3 and ends["zero"]["gap"] < 1e-3 * ends["zero"]["spread"]
+    assert ends["zero"]["prediction"] == "v_prediction"

@@ -46,3 +46,46 @@ def test_the_learning_curve_appends_each_step_once_and_draws_it(tmp_path, monkey
     assert [p["step"] for p in curve] == [1000, 2000] and len(calls) == 2
     assert curve[0]["background follows"] == 0.9 and 0 < curve[0]["identifier distance"] < 1
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_a_further_stage_starts_the_unet_and_text_encoder_from_the_given_model(tmp_path):
+    """--unet_from: the stage continues an earlier model (its UNet and text encoder) instead of fresh weights."""
+    from dreambooth_nb.common.assets import resolve_model
+
+    runtime.setup(show=False, seed=0)
+    model = resolve_model("toy-world")
+    earlier = load_components(model)
+    further = pretrain.build_components(tmp_path, schedule="zero-snr", vae_from=model, unet_from=model)
+    fresh = pretrain.build_components(tmp_path, schedule="zero-snr", vae_from=model)
+    for name in ("unet", "text_encoder"):
+        weights = {n: p.asnumpy() for n, p in getattr(earlier, name).parameters_and_names()}
+        assert all(np.array_equal(weights[n], p.asnumpy()) for n, p in getattr(further, name).parameters_and_names())
+        assert not all(np.array_equal(weights[n], p.asnumpy()) for n, p in getattr(fresh, name).parameters_and_names())
+    assert further.noise_scheduler.config.prediction_type == "v_prediction"
+
+
+def test_the_card_lists_the_runs_that_made_the_weights_and_chains_their_commands(tmp_path):
+    """A VAE run, a UNet run from scratch on its VAE, a further stage: the card's stages name each once (the VAE
+    run's own UNet, unused, left out of the list and of the minutes), each command reading the folder its earlier run
+    wrote."""
+    import json
+
+    from dreambooth_nb.toyworld import card
+
+    def run(name: str, seconds: dict, **args) -> dict:
+        summary = {"args": {"out": f"outputs/{name}", "unet_steps": 10, **args}, "stage_s": seconds}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    run("a", {"vae": 600.0, "decoder": 600.0, "unet": 6000.0})
+    run("b", {"unet": 1200.0}, vae_from=str(tmp_path / "a" / "model"))
+    last = run("c", {"unet": 600.0}, vae_from=str(tmp_path / "a" / "model"), unet_from=str(tmp_path / "b" / "model"))
+    last["earlier"] = card.earlier_runs(last["args"])
+    stages = card.stages(last)
+    assert [(what, s["args"]["out"]) for what, s in stages] == [
+        ("VAE", "outputs/a"), ("UNet", "outputs/b"), ("UNet", "outputs/c")]
+    assert stages[0][1]["args"]["unet_steps"] == 0, "the VAE run's command skips the UNet it does not contribute"
+    assert stages[1][1]["args"]["vae_from"] == "outputs/a/model"
+    assert stages[2][1]["args"]["unet_from"] == "outputs/b/model"
+    assert sum(card.stage_minutes(what, s) for what, s in stages) == 50.0

@@ -227,12 +227,22 @@ def test_readme_shows_the_committed_experiment_results():
     """The README's toy-world table is the committed output of `python -m dreambooth_nb.toyworld.experiments`."""
     from pathlib import Path
 
-    from dreambooth_nb.toyworld.experiments import committed_table, results_dir
+    from dreambooth_nb.common.assets import results_dir
+    from dreambooth_nb.toyworld.experiments import committed_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for line in str(committed_table()).splitlines():
         assert line in readme, line
     assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()
+
+
+def test_the_base_models_table_says_which_target_is_met():
+    spreads = {"shape": evaluate.Spread((0.9, 0.96)), "colour": evaluate.Spread((1.0, 0.98)),
+               "background follows": evaluate.Spread((0.9, 0.9)), "unscored": evaluate.Spread((0.1, 0.2))}
+    verdicts = evaluate.base_target_verdicts(spreads)
+    assert verdicts == {"shape": ">= 95 %: not met", "colour": ">= 95 %: met", "background follows": ">= 90 %: met"}
+    rows = {row[0]: row[-1] for row in evaluate.Scores({"judge agrees": spreads}, targets=verdicts).rows()}
+    assert rows["shape"] == ">= 95 %: not met" and rows["unscored"] == ""
 
 
 def test_the_table_says_which_target_is_met_and_which_is_not():
@@ -253,3 +263,47 @@ def test_the_table_says_which_target_is_met_and_which_is_not():
     runs["no prior"][1] = run(0.9, 0.2, 0.2, 1.0)  # drift 0.5 ± 0.42: not apart from 0.2 ± 0.14
     rows = {row[0]: row[-1] for row in Experiments(runs).table().rows()}
     assert rows["class drift"] == "no prior > with prior, beyond the spread: not met"
+
+
+# ------------------------------------------------------------------------------ the shipped model lets the words choose
+IDENTIFIER_MARGIN = 0.2  # relative encoder distance, sks star vs a star (the SD-v1-schedule model: 0.025; a colour word: 0.64)
+
+
+@pytest.fixture(scope="module")
+def shipped_pipe():
+    from dreambooth_nb.common import runtime
+    from dreambooth_nb.infer import load_pipeline
+
+    runtime.setup(device="CPU", show=False)
+    return load_pipeline(str(toy_world_dir() / "model"))
+
+
+def test_one_seed_two_background_words_give_the_two_backgrounds(shipped_pipe):
+    """The starting noise does not choose the background (it did under SD v1's schedule): the word does."""
+    from dreambooth_nb.sampling import generate
+
+    asked = ("blue", "yellow")
+    prompts = [scenes.prompt("red", "circle", background=b) for b in asked]
+    pictures = generate(shipped_pipe, prompts, [7, 7], batch_size=2)
+    assert [v.background for v in judge.load_judge().read(pictures)] == list(asked)
+
+
+def test_a_starting_noise_shifted_toward_blue_leaves_the_asked_background(shipped_pipe):
+    """Under SD v1's schedule this shift (what its last timestep keeps of a blue picture) turned every background
+    blue; at zero terminal SNR the noise's mean carries nothing, and the words still choose."""
+    from dreambooth_nb.sampling import background_probe
+
+    probe = background_probe(shipped_pipe, words=("yellow", "green"), seeds=(3,), shift_toward="blue")
+    assert probe.got == [["yellow", "green"]], probe
+
+
+def test_the_identifier_moves_the_text_encoders_output(shipped_pipe):
+    """`a photo of sks star` differs from `a photo of a star` in the text encoder (the rare names in pretraining)."""
+    measured = evaluate.identifier_distance(shipped_pipe.tokenizer, shipped_pipe.text_encoder)
+    assert measured["identifier distance"] > IDENTIFIER_MARGIN, measured
+
+
+def test_captions_without_pictures_are_the_datasets_own_names_included():
+    _, with_pictures, _ = scenes.dataset(300, seed=5)
+    assert scenes.captions(300, seed=5) == with_pictures
+    assert scenes.captions(300, seed=5, named=0.0) == [s.caption() for s in scenes.scenes(300, seed=5)]

@@ -11,8 +11,10 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(waits, "TICK_SECONDS", 0.05)
 
 
-def test_first_wait_says_it_was_never_measured_then_remembers(capsys):
+def test_first_wait_says_it_was_never_measured_then_remembers(capsys, monkeypatch):
     import time
+
+    monkeypatch.setattr(waits, "counter_can_redraw", lambda: True)  # a terminal or a notebook
 
     with waits.said_wait("compiling the sampler", "sampling: toy 32 px"):
         time.sleep(0.2)
@@ -54,3 +56,15 @@ def test_unreadable_times_file_is_no_reason_to_fail(tmp_path):
     assert waits.last_seconds("x") is None
     waits.remember_seconds("x", 3.0)
     assert waits.last_seconds("x") == 3.0
+
+
+def test_in_a_log_file_the_wait_is_two_lines_without_a_counter(capsys, monkeypatch):
+    """Where a line cannot be drawn over (stderr is a file), the seconds are not ticked: the start and the total."""
+    import time
+
+    monkeypatch.setattr(waits, "counter_can_redraw", lambda: False)
+    with waits.said_wait("compiling the sampler", "sampling: log"):
+        time.sleep(0.2)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "\r" not in "".join(lines), lines
+    assert lines[0].startswith("compiling the sampler (") and lines[1].strip() == "compiling the sampler: done in 0 s"

@@ -26,6 +26,19 @@ def toy_world_dir() -> Path:
     return assets_dir() / "toyworld"
 
 
+def results_dir() -> Path:
+    """Where the toy world's committed results live (tables, JSON, figures): assets/toyworld/results."""
+    return toy_world_dir() / "results"
+
+
+def show_committed(name: str = "sweep"):
+    """A committed figure of the toy world's results (for example 'sweep', 'payoff', 'schedule-before'), as a
+    notebook image."""
+    from IPython.display import Image
+
+    return Image(filename=str(results_dir() / f"{name}.png"))
+
+
 def toy_model_path() -> Path:
     """The committed toy-world Stable Diffusion (diffusers layout)."""
     path = toy_world_dir() / "model"
@@ -190,4 +203,5 @@ def subject_photos_dir(n: int = 5) -> Path:
 def toy_pretraining_captions() -> list[str]:
     """Every caption the committed toy-world model was pretrained on (regenerated from its summary's seed)."""
     summary = json.loads((toy_world_dir() / "summary.json").read_text(encoding="utf-8"))
-    return scenes.captions(summary["args"]["images"], summary["args"]["seed"])
+    args = summary["args"]
+    return scenes.captions(args["images"], args["seed"], named=args.get("named", 0.0))  # older models: no names

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
 from .files import replace_dir
 from .runtime import import_quietly
 
@@ -100,6 +101,24 @@ def sd_scheduler_config() -> dict:
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
     )
+
+
+# Noise schedules the toy world's pilot compares (toyworld.pilot); each is a change to SD v1's scheduler config.
+# "sd": SD v1 as it ships (scaled_linear; terminal SNR 0.0047, so the noisiest latent still shows the picture's mean).
+# "zero-snr": the same betas rescaled to zero terminal SNR, v-prediction, trailing timesteps (Lin et al., 2024).
+# "cosine-v": the cosine schedule (Nichol & Dhariwal, 2021; terminal SNR 2e-9) with v-prediction, trailing timesteps.
+SCHEDULES = {
+    "sd": {},
+    "zero-snr": dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+    "cosine-v": dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"),
+}
+
+
+def schedule_config(schedule: str) -> dict:
+    """The scheduler config of a named schedule (SCHEDULES)."""
+    if schedule not in SCHEDULES:
+        raise InputError(f"Unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    return {**sd_scheduler_config(), **SCHEDULES[schedule]}
 
 
 def sd_pipeline(tokenizer, text_encoder, vae, unet):

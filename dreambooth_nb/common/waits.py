@@ -46,6 +46,11 @@ def expectation(key: str, first_time: str) -> str:
     return first_time if seconds is None else f"about {seconds:.0f} s last time on this machine"
 
 
+def counter_can_redraw() -> bool:
+    """True where a "\\r" line can be drawn over (a terminal, a notebook); in a log file every tick would add text."""
+    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 @contextlib.contextmanager
 def said_wait(what: str, key: str, bar=None, first_time: str = "the first time here: up to a few minutes on a CPU",
               show: bool = True):
@@ -65,7 +70,7 @@ def said_wait(what: str, key: str, bar=None, first_time: str = "the first time h
             else:
                 print(f"\r  {seconds}", end="", file=sys.stderr, flush=True)
 
-    ticker = threading.Thread(target=tick, daemon=True) if show else None
+    ticker = threading.Thread(target=tick, daemon=True) if show and (bar is not None or counter_can_redraw()) else None
     if ticker is not None:
         ticker.start()
     try:
@@ -77,4 +82,4 @@ def said_wait(what: str, key: str, bar=None, first_time: str = "the first time h
     seconds = time.perf_counter() - start
     remember_seconds(key, seconds)
     if show and bar is None:
-        print(f"\r  {what}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
+        print(f"{chr(13) if ticker is not None else ''}  {what}: done in {seconds:.0f} s", file=sys.stderr, flush=True)

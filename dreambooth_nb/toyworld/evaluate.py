@@ -238,6 +238,11 @@ def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, ju
     return {**scores, "images": images}
 
 
+def is_share(score: str) -> bool:
+    """Scores are shares of judged pictures, shown in percent, but for the few that count something else."""
+    return "bits" not in score and "per noise" not in score
+
+
 class Scores(Table):
     """Scores over seeds as a table: one row per score, one column per model, 'mean +- sd'."""
 
@@ -251,21 +256,39 @@ class Scores(Table):
 
     def rows(self) -> list[tuple]:
         keys = list(dict.fromkeys(k for spreads in self.models.values() for k in spreads))
-        return [(k, *(m[k].text(percent="bits" not in k) if k in m else "" for m in self.models.values()),
+        return [(k, *(m[k].text(percent=is_share(k)) if k in m else "" for m in self.models.values()),
                  *((self.targets.get(k, ""),) if self.targets else ())) for k in keys]
+
+
+# the base model's targets: the lowest mean over seeds of each score
+BASE_TARGETS = {"shape": 0.95, "colour": 0.95, "background": 0.85, "size": 0.85, "place": 0.85, "shape alone": 0.90,
+                "background follows": 0.90}
+
+
+def base_target_verdicts(spreads: dict[str, Spread]) -> dict[str, str]:
+    """Each base-model target said as met or not met (the mean over seeds against its lowest share)."""
+    return {key: f">= {lowest * 100:.0f} %: {'met' if spreads[key].mean >= lowest else 'not met'}"
+            for key, lowest in BASE_TARGETS.items() if key in spreads}
 
 
 def prompt_following_table(model: str = MODEL, seeds=SEEDS, n: int = 100, per_shape: int = 8,
                            steps: int = defaults.INFERENCE_STEPS,
                            guidance: float = defaults.TOY_GUIDANCE, pipe=None) -> Scores:
-    """How well a model follows fresh captions, per attribute, mean ± sd over seeds (the model card's table)."""
+    """How well a model follows fresh captions, per attribute, and whether one starting noise gives the background
+    and the place each prompt asks (the context probe): mean ± sd over seeds, each target met or not (the model
+    card's table)."""
     from ..infer import load_pipeline
 
     pipe, judge = pipe or load_pipeline(model), judging.load_judge()
-    runs = [prompt_following(pipe, seed, n, per_shape, judge, steps=steps, guidance=guidance) for seed in seeds]
-    return Scores({"judge agrees": over_seeds(runs)}, caption=(
+    kw = dict(steps=steps, guidance=guidance)
+    runs = [{**prompt_following(pipe, seed, n, per_shape, judge, **kw), **context_following(pipe, seed, judge=judge, **kw)}
+            for seed in seeds]
+    spreads = over_seeds(runs)
+    return Scores({"judge agrees": spreads}, targets=base_target_verdicts(spreads), caption=(
         f"{n} fresh captions and {len(scenes.SHAPES) * per_shape} 'a photo of a <shape>' per seed, seeds "
-        f"{list(seeds)}, {steps} DPM-Solver++ steps, guidance {guidance}:"))
+        f"{list(seeds)}, {steps} DPM-Solver++ steps, guidance {guidance}; context probe: "
+        f"{2 * len(PROBE_OBJECTS)} starting noises x {len(PROBE_BACKGROUNDS)} background words and x "
+        f"{len(scenes.PLACES)} places per seed:"))
 
 
 def main(argv=None) -> Scores:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import scenes
+from ..common.assets import results_dir
 from ..common.tables import Table
 from ..common.config import TOY_RUNS_DIR, toy_dreambooth_config
 from ..common.defaults import TOY_FOLLOWING, TOY_JUDGED, TOY_STEPS, by_profile
@@ -254,18 +255,20 @@ def sweep(lrs=SWEEP_LRS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
     return Sweep(cells)
 
 
-def results_dir() -> Path:
-    """Where the committed results live (table, JSON, figures): assets/toyworld/results."""
+class Printed(str):
+    """Text that a notebook shows as it is printed (not as a quoted string)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def committed_prompt_following() -> Printed:
+    """The model card's table of the installed toy-world model: prompt following over 3 seeds, each target met or not
+    (`python -m dreambooth_nb.toyworld.evaluate`, measured when the model was installed)."""
     from ..common.assets import toy_world_dir
 
-    return toy_world_dir() / "results"
-
-
-def show_committed(name: str = "sweep"):
-    """The committed figure `name` ('sweep' or 'payoff') of the full-profile runs, as a notebook image."""
-    from IPython.display import Image
-
-    return Image(filename=str(results_dir() / f"{name}.png"))
+    summary = json.loads((toy_world_dir() / "summary.json").read_text(encoding="utf-8"))
+    return Printed(summary.get("evaluation", "not measured: run `python -m dreambooth_nb.toyworld.evaluate`"))
 
 
 def committed_table(detail: bool = False) -> Scores:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..common import scenes
+from ..common.scenes import as_array, background_name, border_colour
 from ..common.errors import MissingFileError
 
 MASK_SIZE = 12
@@ -26,22 +27,10 @@ PURE = 0.15  # a pixel this close to a palette colour is that colour (farther: a
 MIN_PIXELS = 4  # fewer object pixels than this: nothing is drawn
 STRIPE_SHARE = 0.2  # a second colour on at least this share of the object makes it striped
 PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float32) / 255.0
-BACKGROUND_PALETTE = np.array(list(scenes.BACKGROUNDS.values()), dtype=np.float32) / 255.0
 # area of each shape at radius 1 (pixels^2 per pixel^2 of radius), measured on the generator's polygons
 UNIT_AREA = {"circle": 3.13, "square": 2.57, "triangle": 1.31, "star": 1.24, "heart": 1.95}
-SMALL_BELOW, BIG_ABOVE = 8.0, 9.5  # radius bounds: generator small <= 6.5, big >= 11
+SMALL_BELOW, BIG_ABOVE = 9.3, 9.6  # radius bounds: generator small <= 8 (its area reads a small star up to 9.1), big >= 10
 PLACE_LINES = (13.0, 19.0)  # centre of mass left of 13 px is "left", right of 19 px is "right" (same for top/bottom)
-
-
-def as_array(image) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1] from a PIL image or a uint8 array."""
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    return array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
-
-
-def border_colour(x: np.ndarray) -> np.ndarray:
-    """The median colour of the picture's outermost pixels."""
-    return np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), axis=0)
 
 
 def foreground(image) -> np.ndarray:
@@ -87,12 +76,6 @@ def silhouette(image) -> np.ndarray:
     small = Image.fromarray(box.astype(np.uint8) * 255).resize((MASK_SIZE, MASK_SIZE), Image.BILINEAR)
     extra = [box.mean(), box.shape[0] / box.shape[1]]
     return np.concatenate([np.asarray(small, np.float32).ravel() / 255.0, extra]).astype(np.float32)
-
-
-def background_name(image) -> str:
-    """The palette background nearest to the border's median colour."""
-    x = as_array(image)
-    return list(scenes.BACKGROUNDS)[int(np.linalg.norm(BACKGROUND_PALETTE - border_colour(x), axis=1).argmin())]
 
 
 def size_word(radius: float) -> str:

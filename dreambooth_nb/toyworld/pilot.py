@@ -1,6 +1,7 @@
 """The noise-schedule pilot: which schedule lets a prompt's context words set the background and the place?
 
     python -m dreambooth_nb.toyworld.pilot [--steps 1000] [--batch 32] [--out outputs/pilot]
+    python -m dreambooth_nb.toyworld.pilot --before MODEL   # the failure, recorded from a model with SD v1's schedule
 
 Every candidate trains the same fresh UNet + text encoder (same seed, same data, same steps, the committed VAE's
 latents) and is then probed with prompts that differ only in one context word, each group drawn from one starting
@@ -117,9 +118,25 @@ def pilot_figure(out: Path, names) -> "object":
                        suptitle="a photo of a red circle on a <word> background | a photo of a red circle <place>")
 
 
+def before_figure(model: str, target: Path) -> dict:
+    """The failure the schedule change fixes, recorded from a model trained with SD v1's schedule (the toy world
+    before v4): one starting noise per row, only the background word changing; then every noise shifted by what SD
+    v1's last timestep keeps of a blue picture. Writes target/schedule-before.{png,json}; returns the numbers."""
+    from ..infer import load_pipeline
+    from ..sampling import background_probe, show_background_probes
+
+    pipe = load_pipeline(model)
+    probes = [background_probe(pipe), background_probe(pipe, shift_toward="blue")]
+    figure = show_background_probes(probes, suptitle="before: a model trained with SD v1's schedule (terminal SNR 0.0047)")
+    save_atomic(figure, target / "schedule-before.png")
+    numbers = {p.label: {"background as asked": p.followed, "drawn": p.got} for p in probes}
+    write_json_atomic(target / "schedule-before.json", {"model": str(model), "probes": numbers})
+    return numbers
+
+
 def main(argv=None) -> PilotTable:
     """Run (or continue) every candidate, print the table, write it with the figure into --results."""
-    from .experiments import results_dir
+    from ..common.assets import results_dir
 
     p = argparse.ArgumentParser(prog="python -m dreambooth_nb.toyworld.pilot", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/pilot", help="Folder for checkpoints and each candidate's result.")
@@ -130,7 +147,14 @@ def main(argv=None) -> PilotTable:
     p.add_argument("--seed", type=int, default=defaults.SEED)
     p.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     p.add_argument("--results", default=None, help="Where the table and figure go (default: the committed results).")
+    p.add_argument("--before", default=None, metavar="MODEL", help="Only record the failure on a model trained with "
+                   "SD v1's schedule (schedule-before.png and .json) and stop.")
     args = p.parse_args(argv)
+    target = Path(args.results) if args.results else results_dir()
+    if args.before:
+        runtime.setup(show=False, seed=args.seed)
+        print(json.dumps(before_figure(args.before, target), indent=1))
+        return None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
@@ -141,7 +165,6 @@ def main(argv=None) -> PilotTable:
         f"{2 * len(PROBE_OBJECTS)} starting noises x 5 background words and x 4 places, {defaults.INFERENCE_STEPS} DPM-Solver++ steps, guidance {defaults.TOY_GUIDANCE}; shape and colour "
         f"over 40 fresh captions"))
     print(table)
-    target = Path(args.results) if args.results else results_dir()
     target.mkdir(parents=True, exist_ok=True)
     (target / "pilot.txt").write_text(str(table) + "\n", encoding="utf-8")
     write_json_atomic(target / "pilot.json", {"args": vars(args), "results": results})

@@ -21,7 +21,7 @@ import numpy as np
 from ..common import defaults, runtime, scenes
 from ..common.files import write_json_atomic
 from ..common.runtime import import_quietly
-from ..common.tiny_model import sd_scheduler_config, write_tokenizer
+from ..common.tiny_model import SCHEDULES, schedule_config, write_tokenizer
 from ..models import Components, alphas_cumprod, tokenize_with_mask, vae_cells
 from ..train import checkpoint as ckpt
 from ..train.engine import Trainer
@@ -30,23 +30,7 @@ from ..common.errors import InputError
 
 MAX_TOKENS = 20  # the longest caption is 16 tokens with <|startoftext|> and <|endoftext|>
 CHECKPOINT_EVERY = 200
-# Noise schedules the pilot compares (toyworld.pilot); each is a change to SD v1's scheduler config.
-# "sd": SD v1 as it ships (scaled_linear; terminal SNR 0.0047, so the noisiest latent still shows the picture's mean).
-# "zero-snr": the same betas rescaled to zero terminal SNR, v-prediction, trailing timesteps (Lin et al., 2024).
-# "cosine-v": the cosine schedule (Nichol & Dhariwal, 2021; terminal SNR 2e-9) with v-prediction, trailing timesteps.
-SCHEDULES = {
-    "sd": {},
-    "zero-snr": dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
-    "cosine-v": dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"),
-}
-SAMPLER = "DPMSolverMultistepScheduler"  # the sampler the toy world ships with: it honours every schedule above
-
-
-def schedule_config(schedule: str) -> dict:
-    """The scheduler config of a named schedule (SCHEDULES)."""
-    if schedule not in SCHEDULES:
-        raise InputError(f"Unknown --schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
-    return {**sd_scheduler_config(), **SCHEDULES[schedule]}
+SAMPLER = "DPMSolverMultistepScheduler"  # the sampler the toy world ships with: it honours every schedule
 
 
 # ------------------------------------------------------------------------------ the networks
@@ -77,9 +61,10 @@ def text_config(vocab_size: int) -> dict:
     )
 
 
-def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "sd", vae_from: str | None = None) -> Components:
+def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "sd", vae_from: str | None = None,
+                     unet_from: str | None = None) -> Components:
     """Tokenizer (written to folder/tokenizer), text encoder, VAE, UNet and noise schedule, freshly initialised
-    (the VAE loaded from the model folder `vae_from` when given)."""
+    (the VAE loaded from the model folder `vae_from`, the UNet and text encoder from `unet_from`, when given)."""
     import mindspore as ms
     from transformers import CLIPTextConfig
 
@@ -87,12 +72,14 @@ def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "s
     CLIPTextModel = import_quietly("mindone.transformers").CLIPTextModel
     tokenizer = write_tokenizer(folder / "tokenizer", scenes.VOCABULARY, MAX_TOKENS)
     ms.set_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer))))
+    text_encoder = (CLIPTextModel.from_pretrained(str(Path(unet_from) / "text_encoder")) if unet_from
+                    else CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer)))))
+    unet = (diffusers.UNet2DConditionModel.from_pretrained(str(Path(unet_from) / "unet")) if unet_from
+            else diffusers.UNet2DConditionModel(**unet_config()))
     vae = (diffusers.AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae")) if vae_from
            else diffusers.AutoencoderKL(**vae_config()))
-    return Components(
-        tokenizer, text_encoder, vae, diffusers.UNet2DConditionModel(**unet_config()),
-        diffusers.DDPMScheduler.from_config(schedule_config(schedule)), str(folder), scheduler_class=SAMPLER)
+    return Components(tokenizer, text_encoder, vae, unet, diffusers.DDPMScheduler.from_config(schedule_config(schedule)),
+                      str(folder), scheduler_class=SAMPLER)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -358,6 +345,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curve_every", type=int, default=1000, help="Measure prompt following every this many UNet "
                    "steps (out/curve.json, out/curve.png); 0: never.")
     p.add_argument("--vae_from", default=None, help="Take the VAE from this model folder (skips the VAE stages).")
+    p.add_argument("--unet_from", default=None, help="Start the UNet and text encoder from this model folder (a "
+                   "further stage on an earlier model; its tokenizer must be the toy world's).")
     p.add_argument("--named", type=float, default=scenes.NAMED, help="Share of captions naming a thing by a rare word.")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld.")
     return p.parse_args(argv)
@@ -400,7 +389,7 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall, cpu = time.time(), time.process_time()
-    components = build_components(out, args.seed, args.schedule, args.vae_from)
+    components = build_components(out, args.seed, args.schedule, args.vae_from, args.unet_from)
     images, captions, made = scenes.dataset(args.images, args.seed, named=args.named)
     vae = fit_vae(components, made, args, out)
     latents = scaled_latents(components, images, out, keep_scale=bool(args.vae_from))
@@ -414,6 +403,7 @@ def main(argv=None) -> Path:
                    scaling_factor=float(components.vae.config.scaling_factor),
                    stage_s={k: v.seconds for k, v in logs.items()},
                    last_process=dict(wall_s=time.time() - wall, cpu_s=time.process_time() - cpu),
+                   world=dict(radii=scenes.RADII, placed_radii=scenes.PLACED_RADII),
                    versions={p: runtime.installed_version(p) for p in ("mindspore", "mindone")})
     write_json_atomic(out / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
@@ -428,9 +418,11 @@ def install(out: Path) -> Path:
     import shutil
 
     from ..common.assets import toy_world_dir
-    from .card import model_card
+    from .card import earlier_runs, model_card
     from .evaluate import prompt_following_table
 
+    summary = json.loads((out / "summary.json").read_text())
+    summary.setdefault("earlier", earlier_runs(summary["args"]))  # read before the installed model is replaced
     target = toy_world_dir()
     shutil.rmtree(target / "model", ignore_errors=True)
     shutil.copytree(out / "model", target / "model")
@@ -439,7 +431,6 @@ def install(out: Path) -> Path:
         settings.pop("_name_or_path", None)
         config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     shutil.copy2(out / "judge.npz", target / "judge.npz")
-    summary = json.loads((out / "summary.json").read_text())
     vae = import_quietly("mindone.diffusers").AutoencoderKL.from_pretrained(str(target / "model" / "vae"))
     summary["vae_round_trip"] = vae_round_trip_agreement(vae)  # with the judge as it is now
     summary["evaluation"] = str(prompt_following_table(str(target / "model")))
