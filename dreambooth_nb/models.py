@@ -349,6 +349,7 @@ def last_timestep(components: Components, schedulers: dict, backgrounds=("blue",
     two noised latents are (one red circle on two backgrounds, the same ε), next to the spread of a channel mean
     that the noise alone gives (√(1-ᾱ_T)/√(pixels of a latent channel)): above about 1, the noisiest latent still says
     which background it came from, and a model learns to read it there instead of from the words."""
+    import mindspore as ms
     import numpy as np
 
     from . import data
@@ -357,8 +358,6 @@ def last_timestep(components: Components, schedulers: dict, backgrounds=("blue",
 
     size = model_resolution(components)
     pictures = [scenes.draw(scenes.Scene("circle", "red", b, 8.0, size / 2, size / 2, 0.0), size) for b in backgrounds]
-    import mindspore as ms
-
     encode, _ = vae_cells(components.vae)
     latents = encode(ms.Tensor(np.stack([data.normalize(to_pil(p)) for p in pictures]))).asnumpy()
     noise = np.random.default_rng(0).standard_normal(latents.shape[1:]).astype(np.float32)

@@ -301,12 +301,12 @@ def background_shift(pipe, background: str, kept: float) -> np.ndarray:
     import mindspore as ms
 
     from .common import scenes
+    from .models import vae_cells
 
     size = default_size(pipe)
     plain = np.full((1, 3, size, size), np.array(scenes.BACKGROUNDS[background], np.float32)[:, None, None] / 127.5 - 1)
-    moments = pipe.vae.encode(ms.Tensor(plain, ms.float32))[0].asnumpy()
-    mean = moments[:, :moments.shape[1] // 2] * pipe.vae.config.scaling_factor
-    return kept * mean[0].mean((1, 2))
+    encode, _ = vae_cells(pipe.vae)  # the latents' mean, times the scaling factor: what the UNet sees
+    return kept * encode(ms.Tensor(plain, ms.float32)).asnumpy()[0].mean((1, 2))
 
 
 @dataclass(repr=False)
