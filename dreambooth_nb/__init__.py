@@ -10,7 +10,8 @@ The package is built in floors, each importing only from the floors below it (te
     common/        ground floor: runtime, defaults and the config, files, pictures, embedded models, toy-world scenes
     data           chapter 01: the subject's photos, their checks and transforms
     models, sampling   chapter 02: the pieces of Stable Diffusion; pipelines and guided sampling
-    losses, batches, prior   chapter 03: the DreamBooth objective, every step's batch, class images
+    losses, batches, guide_data, prior   chapter 03: the DreamBooth objective, every step's batch (and the
+                   reference script's data classes beside it), class images
     train/         chapter 04: the training engine and `python -m dreambooth_nb.train`
     infer          chapter 05: the fine-tuned model, before and after
     toyworld/      chapter 06: the toy world's model, judge and experiments
@@ -30,8 +31,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # ground floor
     "setup": "common.runtime", "speed_check": "common.runtime",
-    "cache_dir": "common.files", "fast_profile": "common.defaults", "inference_steps": "common.defaults",
-    "DEFAULT_MODEL": "common.defaults", "guidance_for": "common.assets",
+    "cache_dir": "common.files", "said_wait": "common.waits", "fast_profile": "common.defaults", "inference_steps": "common.defaults",
+    "DEFAULT_MODEL": "common.defaults", "REFERENCE_GUIDANCE": "common.defaults", "guidance_for": "common.assets",
     "TrainConfig": "common.config", "ConfigError": "common.config", "subject_config": "common.config",
     "tutorial_config": "common.config", "toy_dreambooth_config": "common.config", "playground_config": "common.config",
     "resolve_model": "common.assets", "subject_photos_dir": "common.assets", "portrait_photo": "common.assets",
@@ -42,7 +43,7 @@ _EXPORTS = {
     "list_images": "data", "load_rgb": "data", "DataError": "data", "get_instance_photos": "data",
     "check_images": "data", "make_problem_examples": "data", "describe_photos": "data", "transform_steps": "data", "normalize": "data",
     # 02
-    "load_components": "models", "tokenize": "models", "prompt_tokens": "models", "encode_prompt": "models",
+    "load_components": "models", "same_weights": "models", "tokenize": "models", "prompt_tokens": "models", "encode_prompt": "models",
     "vae_round_trip": "models", "noised_versions": "models", "plot_noise_schedule": "models", "add_noise": "models",
     "alphas_cumprod": "models", "inspect_identifier": "models", "noise_scheduler": "models", "last_timestep": "models",
     "generate": "sampling", "save_images": "sampling", "with_scheduler": "sampling", "sampling_pipeline": "sampling",
@@ -52,6 +53,8 @@ _EXPORTS = {
     # 03
     "ensure_class_images": "prior", "generate_class_images": "prior", "class_images": "prior",
     "prior_loss_terms": "prior", "training_batch": "prior", "dreambooth_loss": "losses",
+    "DreamBoothDataset": "guide_data", "PromptDataset": "guide_data", "collate_fn": "guide_data",
+    "guide_dataset": "guide_data", "guide_loader": "guide_data", "match_batch": "guide_data",
     # 04
     "train_dreambooth": "train.engine", "TrainResult": "train.engine", "stop_after": "train.engine",
     "list_checkpoints": "train.checkpoint", "weight_digest": "train.checkpoint",
@@ -63,7 +66,8 @@ _EXPORTS = {
     "toy_samples": "toyworld.experiments", "toy_subject_images": "toyworld.experiments",
     "toy_prompt_following": "toyworld.experiments", "toy_dreambooth_scores": "toyworld.experiments",
     "train_toy": "toyworld.experiments", "payoff_figure": "toyworld.experiments",
-    "show_committed": "common.assets", "committed_table": "toyworld.experiments", "committed_prompt_following": "toyworld.experiments",
+    "show_committed": "common.assets", "committed_table": "toyworld.experiments", "runs_table": "toyworld.experiments",
+    "committed_sweep": "toyworld.experiments", "committed_prompt_following": "toyworld.experiments",
     "class_scores": "toyworld.evaluate", "load_judge": "toyworld.judge",
     # 07
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",

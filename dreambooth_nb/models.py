@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .common.assets import SUPPORTED_TEXT_ENCODERS, downsampling_factor, read_subfolder_config, resolve_model
 from .common.runtime import import_quietly
 from .common.tables import Table
@@ -33,6 +35,12 @@ class Components:
 def count_parameters(net) -> int:
     """Total number of elements in a network's parameters."""
     return int(sum(p.size for p in net.get_parameters()))
+
+
+def same_weights(a, b) -> bool:
+    """Whether two networks hold the same parameters, name by name and value by value."""
+    ours, theirs = dict(a.parameters_and_names()), dict(b.parameters_and_names())
+    return ours.keys() == theirs.keys() and all(np.array_equal(ours[k].asnumpy(), theirs[k].asnumpy()) for k in ours)
 
 
 # ---------------------------------------------------------------- loading

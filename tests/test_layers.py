@@ -20,7 +20,7 @@ FLOORS = (
     ("common",),  # ground floor: shared by every chapter
     ("data",),  # 01
     ("models", "sampling"),  # 02
-    ("losses", "batches", "prior"),  # 03
+    ("losses", "batches", "guide_data", "prior"),  # 03
     ("train",),  # 04
     ("infer",),  # 05
     ("toyworld",),  # 06

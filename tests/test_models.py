@@ -94,6 +94,15 @@ def test_parameter_counts_add_up(components):
     assert counts["unet"] == unet and counts["unet"] > counts["vae"] > counts["text_encoder"] > 0
 
 
+def test_same_weights_compares_every_parameter_by_value(components, tiny):
+    again = models.load_components(str(tiny))
+    assert models.same_weights(again.unet, components.unet)
+    assert not models.same_weights(again.unet, components.vae)
+    weight = next(iter(again.unet.get_parameters()))
+    weight.set_data(weight + 1)
+    assert not models.same_weights(again.unet, components.unet)
+
+
 def test_prompt_tokens_show_the_identifier_in_pieces(components):
     table = models.prompt_tokens(components.tokenizer, "a photo of sks dog")
     assert table.tokens[0] == "<|startoftext|>" and table.tokens[-1] == "<|endoftext|>"

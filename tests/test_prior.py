@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreambooth_nb import batches, data, prior, sampling
+from dreambooth_nb import batches, data, guide_data, prior, sampling
 from dreambooth_nb.common import config as config_mod
 from dreambooth_nb.common import defaults
 
@@ -143,6 +143,21 @@ def test_class_images_and_loss_terms_with_the_tiny_model(tmp_path):
     terms = prior.prior_loss_terms(config, components, batch)
     assert terms.instance > 0 and terms.prior > 0
     np.testing.assert_allclose(terms.total, terms.trainer_total, rtol=1e-4)
+    # the reference script's dataset (photos 32 px, resized to the model's 64) holds each row of the trainer's batch
+    match = guide_data.match_batch(guide_data.guide_dataset(config, components.tokenizer), batch)
+    assert match.largest_difference < 1e-6 and all(same for *_, same in match.rows_found)
+    assert [half for _, half, *_ in match.rows_found] == batch.halves
+
+
+def test_the_reference_collate_puts_every_instance_row_before_every_class_row():
+    def example(k):
+        return {f"{h}_{part}": np.full((1, 3) if part != "images" else (3, 2, 2), v, np.float32)
+                for h, v in (("instance", k), ("class", -k)) for part in ("images", "prompt_ids", "attention_mask")}
+
+    pixels, ids, mask = guide_data.collate_fn([example(1), example(2)], with_prior_preservation=True)
+    assert pixels.shape == (4, 3, 2, 2) and ids.shape == (4, 3) and mask.shape == (4, 3)
+    assert list(pixels[:, 0, 0, 0]) == [1, 2, -1, -2] and list(ids[:, 0]) == [1, 2, -1, -2]
+    assert guide_data.collate_fn([example(1)])[0].shape == (1, 3, 2, 2)
 
 
 def test_interrupt_while_a_file_is_written_leaves_no_temporary_file(tmp_path, calls, monkeypatch):

@@ -236,6 +236,20 @@ def test_readme_shows_the_committed_experiment_results():
     assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()
 
 
+def test_the_recipe_sweep_reports_each_recipe_and_step_over_seeds():
+    from dreambooth_nb.toyworld.experiments import MAIN_SCORES, Sweep
+
+    def run(fidelity):
+        return {**{k: 0.5 for k in MAIN_SCORES}, "subject fidelity": fidelity, "images": {}}
+
+    result = Sweep({"a": {150: [run(0.2), run(0.4)], 300: [run(0.6), run(0.8)]}, "b": {150: [run(0.0), run(0.0)],
+                                                                                         300: [run(1.0), run(1.0)]}})
+    rows = {(r[0], r[1]): r[2] for r in result.table().rows()}
+    assert rows == {("a", 150): "30 ± 14 %", ("a", 300): "70 ± 14 %", ("b", 150): "0 ± 0 %", ("b", 300): "100 ± 0 %"}
+    assert "over 2 seed(s)" in str(result.table())
+    assert result.to_json()["cells"]["a"]["300"][1]["subject fidelity"] == 0.8
+
+
 def test_the_base_models_table_says_which_target_is_met():
     spreads = {"shape": evaluate.Spread((0.9, 0.96)), "colour": evaluate.Spread((1.0, 0.98)),
                "background follows": evaluate.Spread((0.9, 0.9)), "unscored": evaluate.Spread((0.1, 0.2))}

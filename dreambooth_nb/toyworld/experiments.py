@@ -1,11 +1,12 @@
 """DreamBooth in the toy world, measured: the base model, DreamBooth without and with prior preservation, over seeds.
 
     python -m dreambooth_nb.toyworld.experiments [--seeds 0 1 2]   # trains both runs per seed, prints the table
-    python -m dreambooth_nb.toyworld.experiments --sweep           # the recipe sweep: learning rate x steps
+    python -m dreambooth_nb.toyworld.experiments --sweep           # the recipe sweep: each recipe x steps x seeds
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,8 @@ MAIN_SCORES = ("subject fidelity", "recontext", "new contexts: subject kept", "n
 # the targets for DreamBooth with prior preservation: score -> lowest mean
 TARGETS = {"subject fidelity": 0.80, "new contexts: subject kept": 0.70, "new contexts: context right": 0.70,
            "class kept": 0.80}
-SWEEP_LRS = (1e-4, 2e-4, 4e-4)
-SWEEP_EVERY = 100
-SWEEP_STEPS = 400
+SWEEP_EVERY = 200  # checkpoints scored along each sweep run (constant learning rate, no warm-up)
+SWEEP_STEPS = 600
 SWEEP_DIR = TOY_RUNS_DIR / "sweep"
 
 
@@ -182,77 +182,150 @@ def payoff_figure(models: dict[str, dict], per_block: int = 4):
 
 
 # ------------------------------------------------------------------ the recipe sweep
+# each recipe: what it changes in chapter 06's with-prior run (FILTERED: the class images the judge reads as plain stars)
+FILTERED = "class images judged plain stars"
+RECIPES = {
+    "chapter 06's recipe": {},
+    "text encoder trained": {"train_text_encoder": True},
+    "lr 3e-4": {"learning_rate": 3e-4},
+    "prior weight 0.5": {"prior_loss_weight": 0.5},
+    "16 class images": {"num_class_images": 16},
+    FILTERED: {},
+}
+
+
+def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Path, int]:
+    """A folder of `wanted` class images the judge reads as plain stars, picked in order from the unfiltered set
+    (which grows, up to 4 x wanted, until enough are found). Returns (folder, how many it holds)."""
+    import shutil
+
+    from PIL import Image
+
+    from ..prior import ensure_class_images, usable_class_images
+    from ..train.engine import load_sd
+    from .judge import load_judge
+
+    folder = Path(f"{config.class_data_dir}-judged-plain")
+    kept = usable_class_images(folder)
+    judge, pool = load_judge(), wanted
+    while len(kept) < wanted and pool <= 4 * wanted:
+        source = ensure_class_images(dataclasses.replace(config, num_class_images=pool), load_sd(config), progress)
+        for path in usable_class_images(source)[:pool]:
+            target = folder / path.name
+            if len(kept) < wanted and target not in kept:
+                verdict = judge.read([np.asarray(Image.open(path).convert("RGB"))])[0]
+                if verdict.shape == "star" and not evaluate.striped(verdict):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+                    kept.append(target)
+        pool *= 2
+    return folder, len(kept)
+
+
+def recipe_config(recipe: str, seed: int, max_steps: int, every: int, progress: bool = True):
+    """Chapter 06's with-prior run changed as `recipe` says, keeping a checkpoint every `every` steps."""
+    config = toy_dreambooth_config(True, output_dir=str(SWEEP_DIR / f"{recipe.replace(' ', '-')}-seed{seed}"), seed=seed,
+                                   max_train_steps=max_steps, checkpointing_steps=every, checkpoints_total_limit=None,
+                                   resume_from_checkpoint="latest", **RECIPES[recipe])
+    if recipe == FILTERED:
+        folder, count = judged_class_images(config, config.num_class_images, progress)
+        config = dataclasses.replace(config, class_data_dir=str(folder), num_class_images=count)
+    return config
+
+
 @dataclass
 class Sweep:
-    """Scores (and pictures) of checkpoints along runs at several learning rates: cells[lr][steps]."""
+    """Scores along each recipe's runs: cells[recipe][steps] is one dreambooth_scores result per seed."""
 
-    cells: dict[float, dict[int, dict]]
+    cells: dict[str, dict[int, list[dict]]]
+    class_images: dict[str, int] = field(default_factory=dict)  # recipe -> class images it trained with
 
     def table(self, detail: bool = False) -> "SweepTable":
-        """One row per (learning rate, steps) with its main scores."""
+        """One row per (recipe, steps): the main scores, mean ± sd over seeds."""
         return SweepTable(self.cells)
 
-    def contact_sheet(self, per_prompt: int = 2):
-        """Rows: learning rates; columns: steps. Each cell: `a photo of sks star` on top, `a photo of a star` below."""
+    def contact_sheet(self, per_prompt: int = 2, seed_index: int = 0):
+        """Rows: recipes; columns: steps. Each cell: `a photo of sks star` on top, `a photo of a star` below (one seed)."""
         import matplotlib.pyplot as plt
 
         from ..common.viz import image_grid
 
-        lrs, steps = list(self.cells), sorted(next(iter(self.cells.values())))
-        fig, axes = plt.subplots(len(lrs), len(steps), figsize=(1.5 * len(steps) + 0.8, 1.7 * len(lrs) + 0.6), squeeze=False)
-        for r, lr in enumerate(lrs):
+        recipes, steps = list(self.cells), sorted(next(iter(self.cells.values())))
+        fig, axes = plt.subplots(len(recipes), len(steps), figsize=(1.5 * len(steps) + 1.6, 1.7 * len(recipes) + 0.6),
+                                 squeeze=False)
+        for r, recipe in enumerate(recipes):
             for c, step in enumerate(steps):
-                s, ax = self.cells[lr][step], axes[r, c]
+                s, ax = self.cells[recipe][step][seed_index], axes[r, c]
                 pictures = s["images"]["subject"][:per_prompt] + s["images"]["class"][:per_prompt]
                 ax.imshow(image_grid(pictures, ncols=per_prompt, pad=1))
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.set_title(f"subj {s['subject fidelity']:.0%} · ctx {s['recontext']:.0%}\nclass {s['class kept']:.0%}",
                              fontsize=7)
                 if c == 0:
-                    ax.set_ylabel(f"lr {lr:g}", fontsize=8)
-                if r == len(lrs) - 1:
+                    ax.set_ylabel(recipe.replace(" class images", "\nclass images").replace(" trained", "\ntrained"),
+                                  fontsize=7)
+                if r == len(recipes) - 1:
                     ax.set_xlabel(f"{step} steps", fontsize=8)
-        fig.suptitle("Each cell: `a photo of sks star` (top), `a photo of a star` (bottom); same seeds everywhere", fontsize=9)
+        fig.suptitle("Each cell: `a photo of sks star` (top), `a photo of a star` (bottom); one seed, the same "
+                     "sampling seeds everywhere", fontsize=9)
         fig.tight_layout()
         return fig
 
     def to_json(self) -> dict:
-        return {f"{lr:g}": {str(st): {k: v for k, v in s.items() if isinstance(v, float)} for st, s in row.items()}
-                for lr, row in self.cells.items()}
+        return {"class images": self.class_images,
+                "cells": {recipe: {str(st): [{k: v for k, v in s.items() if isinstance(v, float)} for s in runs]
+                                   for st, runs in row.items()} for recipe, row in self.cells.items()}}
 
 
 @dataclass(repr=False)
 class SweepTable(Table):
-    """The sweep's scores: one row per (learning rate, steps)."""
+    """The sweep's scores: one row per (recipe, steps), mean ± sd over seeds."""
 
     cells: dict
-    caption = "Recipe sweep with prior preservation (one seed)"
-    header = ("learning rate", "steps", *MAIN_SCORES[:-1])
+    header = ("recipe", "steps", *MAIN_SCORES[:-1])
+
+    @property
+    def caption(self) -> str:
+        seeds = len(next(iter(next(iter(self.cells.values())).values())))
+        return f"Recipe sweep with prior preservation, mean ± sd over {seeds} seed(s)"
 
     def rows(self) -> list[tuple]:
-        return [(f"{lr:g}", steps, *(f"{s[k]:.0%}" for k in MAIN_SCORES[:-1]))
-                for lr, row in self.cells.items() for steps, s in row.items()]
+        return [(recipe, steps, *(Spread(tuple(r[k] for r in runs)).text() for k in MAIN_SCORES[:-1]))
+                for recipe, row in self.cells.items() for steps, runs in row.items()]
 
 
-def sweep(lrs=SWEEP_LRS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY, prior: bool = True,
-          seed: int = 0, progress: bool = True) -> Sweep:
-    """Train once per learning rate, keeping a checkpoint every `every` steps, and score each checkpoint."""
+def finished_run(config) -> bool:
+    """Whether config.output_dir holds a finished run of this many steps (its last checkpoint and its settings)."""
+    saved = Path(config.output_dir) / "train_config.json"
+    return (saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("max_train_steps") == config.max_train_steps
+            and (Path(config.output_dir) / f"checkpoint-{config.max_train_steps}").is_dir())
+
+
+def sweep(recipes=tuple(RECIPES), seeds=evaluate.SEEDS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
+          progress: bool = True, save_to: Path | None = None) -> Sweep:
+    """Train each recipe once per seed, keeping a checkpoint every `every` steps, and score each checkpoint
+    (save_to: a JSON file rewritten after each run, so an interrupted sweep keeps what it measured)."""
     from ..common.assets import resolve_model
+    from ..common.files import write_json_atomic
     from ..infer import load_pipeline, swap_weights
     from ..train import train_dreambooth
 
-    pipe = load_pipeline(evaluate.MODEL)
-    cells: dict[float, dict[int, dict]] = {}
-    for lr in lrs:
-        config = toy_dreambooth_config(prior, output_dir=str(SWEEP_DIR / f"lr-{lr:g}"), seed=seed, learning_rate=lr,
-                                       max_train_steps=max_steps, checkpointing_steps=every, checkpoints_total_limit=None)
-        train_dreambooth(config, progress=progress)
-        cells[lr] = {}
-        for step in range(every, max_steps + 1, every):
-            swap_weights(pipe, Path(config.output_dir) / f"checkpoint-{step}")
-            cells[lr][step] = toy_dreambooth_scores(pipe, seed)
-    swap_weights(pipe, resolve_model(evaluate.MODEL))
-    return Sweep(cells)
+    pipe, base = load_pipeline(evaluate.MODEL), resolve_model(evaluate.MODEL)
+    result = Sweep({recipe: {step: [] for step in range(every, max_steps + 1, every)} for recipe in recipes})
+    for seed in seeds:
+        for recipe in recipes:
+            config = recipe_config(recipe, seed, max_steps, every, progress)
+            result.class_images[recipe] = config.num_class_images
+            if not finished_run(config):  # a rerun after an interruption only scores what it already trained
+                train_dreambooth(config, progress=progress)
+            for step in result.cells[recipe]:
+                swap_weights(pipe, base)  # a recipe that trains only the UNet leaves the base text encoder in place
+                swap_weights(pipe, Path(config.output_dir) / f"checkpoint-{step}")
+                result.cells[recipe][step].append(toy_dreambooth_scores(pipe, seed))
+            if save_to is not None:
+                write_json_atomic(save_to, result.to_json())
+    swap_weights(pipe, base)
+    return result
 
 
 class Printed(str):
@@ -269,6 +342,18 @@ def committed_prompt_following() -> Printed:
 
     summary = json.loads((toy_world_dir() / "summary.json").read_text(encoding="utf-8"))
     return Printed(summary.get("evaluation", "not measured: run `python -m dreambooth_nb.toyworld.evaluate`"))
+
+
+def runs_table(models: dict[str, dict]) -> Scores:
+    """The table of `python -m dreambooth_nb.toyworld.experiments` for one seed's runs (each model's
+    dreambooth_scores), with the targets met or not: what a learner's own runs give."""
+    return Experiments({name: [scores] for name, scores in models.items()}).table()
+
+
+def committed_sweep() -> "SweepTable":
+    """The table of the committed full-profile run of `python -m dreambooth_nb.toyworld.experiments --sweep`."""
+    cells = json.loads((results_dir() / "sweep.json").read_text(encoding="utf-8"))["cells"]
+    return SweepTable({recipe: {int(steps): runs for steps, runs in row.items()} for recipe, row in cells.items()})
 
 
 def committed_table(detail: bool = False) -> Scores:
@@ -290,7 +375,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS), help="training and sampling seeds")
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {TOY_STEPS[0]}, "
                         f"{TOY_STEPS[1]} under DREAMBOOTH_NB_FAST=1)")
-    parser.add_argument("--sweep", action="store_true", help="the recipe sweep (learning rate x steps) instead")
+    parser.add_argument("--sweep", action="store_true", help="the recipe sweep (text encoder, learning rate, prior weight, class images x steps) instead")
     parser.add_argument("--results", default=None, help="folder for the table, figure and JSON "
                         "(default: the package's assets/toyworld/results, the committed copy)")
     args = parser.parse_args(argv)
@@ -298,7 +383,7 @@ def main(argv=None):
     runtime.setup(show=False)
     out = Path(args.results) if args.results else results_dir()
     if args.sweep:
-        result = sweep(seed=args.seeds[0])
+        result = sweep(seeds=args.seeds, save_to=out / "sweep.json", **({"max_steps": args.steps} if args.steps else {}))
         save_atomic(result.contact_sheet(), out / "sweep.png")
     else:
         result = run_experiments(args.seeds, **({"max_train_steps": args.steps} if args.steps else {}))

@@ -34,11 +34,15 @@ SAMPLER = "DPMSolverMultistepScheduler"  # the sampler the toy world ships with:
 
 
 # ------------------------------------------------------------------------------ the networks
-def unet_config() -> dict:
-    """A small conditional UNet for 16x16x4 latents: three levels, cross-attention at 8x8 and 4x4."""
+UNET_CHANNELS = (32, 64, 64)  # the installed model's widths per level (16x16, 8x8, 4x4)
+
+
+def unet_config(channels: tuple = UNET_CHANNELS, layers: int = 1) -> dict:
+    """A small conditional UNet for 16x16x4 latents: three levels of `channels` widths (multiples of 16), `layers`
+    residual blocks each, cross-attention at 8x8 and 4x4."""
     return dict(
-        sample_size=scenes.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 64), cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+        sample_size=scenes.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=layers,
+        block_out_channels=tuple(channels), cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     )
@@ -62,9 +66,10 @@ def text_config(vocab_size: int) -> dict:
 
 
 def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "sd", vae_from: str | None = None,
-                     unet_from: str | None = None) -> Components:
+                     unet_from: str | None = None, unet_channels: tuple = UNET_CHANNELS, unet_layers: int = 1) -> Components:
     """Tokenizer (written to folder/tokenizer), text encoder, VAE, UNet and noise schedule, freshly initialised
-    (the VAE loaded from the model folder `vae_from`, the UNet and text encoder from `unet_from`, when given)."""
+    (the VAE loaded from the model folder `vae_from`, the UNet and text encoder from `unet_from`, when given; a fresh
+    UNet has unet_channels per level and unet_layers blocks each)."""
     import mindspore as ms
     from transformers import CLIPTextConfig
 
@@ -75,7 +80,7 @@ def build_components(folder: Path, seed: int = defaults.SEED, schedule: str = "s
     text_encoder = (CLIPTextModel.from_pretrained(str(Path(unet_from) / "text_encoder")) if unet_from
                     else CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer)))))
     unet = (diffusers.UNet2DConditionModel.from_pretrained(str(Path(unet_from) / "unet")) if unet_from
-            else diffusers.UNet2DConditionModel(**unet_config()))
+            else diffusers.UNet2DConditionModel(**unet_config(unet_channels, unet_layers)))
     vae = (diffusers.AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae")) if vae_from
            else diffusers.AutoencoderKL(**vae_config()))
     return Components(tokenizer, text_encoder, vae, unet, diffusers.DDPMScheduler.from_config(schedule_config(schedule)),
@@ -347,6 +352,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae_from", default=None, help="Take the VAE from this model folder (skips the VAE stages).")
     p.add_argument("--unet_from", default=None, help="Start the UNet and text encoder from this model folder (a "
                    "further stage on an earlier model; its tokenizer must be the toy world's).")
+    p.add_argument("--unet_channels", type=int, nargs=3, default=list(UNET_CHANNELS), help="A fresh UNet's widths at "
+                   "16x16, 8x8 and 4x4 (multiples of 16).")
+    p.add_argument("--unet_layers", type=int, default=1, help="A fresh UNet's residual blocks per level.")
     p.add_argument("--named", type=float, default=scenes.NAMED, help="Share of captions naming a thing by a rare word.")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld.")
     return p.parse_args(argv)
@@ -389,7 +397,8 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall, cpu = time.time(), time.process_time()
-    components = build_components(out, args.seed, args.schedule, args.vae_from, args.unet_from)
+    components = build_components(out, args.seed, args.schedule, args.vae_from, args.unet_from,
+                                  tuple(args.unet_channels), args.unet_layers)
     images, captions, made = scenes.dataset(args.images, args.seed, named=args.named)
     vae = fit_vae(components, made, args, out)
     latents = scaled_latents(components, images, out, keep_scale=bool(args.vae_from))
