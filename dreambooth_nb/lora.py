@@ -205,7 +205,17 @@ def lora_size(full_model: str | os.PathLike, adapters: str | os.PathLike) -> Lor
     rank = next(v.shape[0] for k, v in state.items() if k.endswith(".lora.down.weight"))
     return LoraSize(rank, sum(int(v.size) for v in unet.values()), sum(int(v.size) for v in state.values()),
                     adapter_file(adapters).stat().st_size,
-                    sum(f.stat().st_size for f in Path(full_model).rglob("*.safetensors")))
+                    pipeline_bytes(full_model))
+
+
+def pipeline_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of the weights a saved pipeline shares: its networks' safetensors, not the checkpoints or earlier runs
+    kept beside them."""
+    import json
+
+    parts = [name for name, value in json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8")).items()
+             if isinstance(value, list)]
+    return sum(f.stat().st_size for name in parts for f in (Path(folder) / name).glob("*.safetensors"))
 
 
 # ------------------------------------------------------------------------------ full fine-tuning against LoRA

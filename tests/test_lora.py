@@ -133,3 +133,17 @@ def test_chapter_08_commands_parse_and_the_full_run_keeps_its_own_learning_rate(
     assert full.learning_rate == pytest.approx(config.learning_rate / 10)
     again, _ = full_cli.parse_config(shlex.split(full.command())[3:], TrainConfig, full_cli.build_parser(TrainConfig))
     assert again.learning_rate == full.learning_rate and again.with_prior_preservation
+
+
+def test_what_a_full_run_shares_is_its_networks_not_its_checkpoints_or_earlier_runs(tmp_path):
+    import json
+
+    from dreambooth_nb.lora import pipeline_bytes
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                           "unet": ["diffusers", "UNet2DConditionModel"],
+                                                           "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None]}))
+    for sub, size in (("unet", 100), ("vae", 20), ("checkpoint-8/unet", 1000), ("previous-runs/run-1/unet", 5000)):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * size)
+    assert pipeline_bytes(tmp_path) == 120

@@ -40,6 +40,14 @@ def test_wrong_types_from_python_are_config_errors_not_type_errors(changes, said
         TrainConfig(**changes).validate()
 
 
+def test_a_wrong_type_does_not_hide_the_other_problems():
+    with pytest.raises(ConfigError) as raised:
+        TrainConfig(learning_rate=float("nan"), train_batch_size=1.5, adam_beta2=1.5).validate()
+    said = str(raised.value)
+    assert "--train_batch_size=1.5 is a float" in said and "--adam_beta2=1.5 must be in [0, 1)" in said
+    assert said.count("--learning_rate=nan") == 1 and "finite" in said
+
+
 def test_an_empty_output_dir_or_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="--output_dir is empty"):
         TrainConfig(output_dir=" ").validate()

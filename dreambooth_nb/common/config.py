@@ -186,7 +186,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError listing every problem (flag, value, what to do); return self when all is well."""
-        problems = _check_types(self) or [p for check in self.checks() for p in check(self)]
+        typed = {name: problem for name, problem in _type_problems(self)}
+        checked = dataclasses.replace(self, **{f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                                               for f in fields(self) if f.name in typed})
+        problems = list(typed.values()) + [p for check in checked.checks() for p in check(checked)]
         if problems:
             raise ConfigError(problems)
         return self
@@ -407,8 +410,10 @@ def _kind(annotation: str) -> tuple[type, bool]:
     return str, optional
 
 
-def _check_types(c: TrainConfig) -> list[str]:
-    """Each setting has the type its flag parses to (what the command line would give)."""
+def _type_problems(c: TrainConfig) -> list[tuple[str, str]]:
+    """(field name, problem) for each setting whose value does not have the type its flag parses to (what the
+    command line would give); validate() then checks the other values with that field's default in its place, so
+    one bad type does not hide the other problems."""
     out = []
     for f in fields(c):
         kind, optional = _kind(str(f.type))
@@ -422,8 +427,8 @@ def _check_types(c: TrainConfig) -> list[str]:
         if not ok:
             example = {bool: "True or False", int: "a whole number such as 4", float: "a number such as 1e-4",
                        list: "a list", str: "text"}[kind]
-            out.append(f"--{f.name}={value!r} is a {type(value).__name__}; it must be {example}"
-                       f"{' (or None)' if optional else ''}.")
+            out.append((f.name, f"--{f.name}={value!r} is a {type(value).__name__}; it must be {example}"
+                                f"{' (or None)' if optional else ''}."))
     return out
 
 
@@ -443,8 +448,8 @@ def _check_ranges(c: TrainConfig) -> list[str]:
     out = []
     for f in fields(c):
         rule, advice, value = f.metadata.get("rule"), f.metadata.get("advice"), getattr(c, f.name)
-        if rule is None or value is None:
-            continue
+        if rule is None or value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue  # nan and inf are _check_finite's
         holds, says = RULES[rule]
         if not holds(value):
             out.append(f"--{f.name}={value} {says}" + (f" ({advice})." if advice else "."))

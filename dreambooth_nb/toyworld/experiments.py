@@ -279,19 +279,15 @@ class Sweep:
 
 @dataclass(repr=False)
 class SweepTable(Table):
-    """The sweep's scores: one row per (recipe, steps), mean ± sd over seeds."""
+    """The sweep's scores: one row per (recipe, steps), mean ± sd over the seeds measured so far."""
 
     cells: dict
-    header = ("recipe", "steps", *MAIN_SCORES[:-1])
-
-    @property
-    def caption(self) -> str:
-        seeds = len(next(iter(next(iter(self.cells.values())).values())))
-        return f"Recipe sweep with prior preservation, mean ± sd over {seeds} seed(s)"
+    caption = "Recipe sweep with prior preservation, mean ± sd over seeds"
+    header = ("recipe", "steps", "seeds", *MAIN_SCORES[:-1])
 
     def rows(self) -> list[tuple]:
-        return [(recipe, steps, *(Spread(tuple(r[k] for r in runs)).text() for k in MAIN_SCORES[:-1]))
-                for recipe, row in self.cells.items() for steps, runs in row.items()]
+        return [(recipe, steps, len(runs), *(Spread(tuple(r[k] for r in runs)).text() for k in MAIN_SCORES[:-1]))
+                for recipe, row in self.cells.items() for steps, runs in row.items() if runs]
 
 
 def finished_run(config) -> bool:
