@@ -130,7 +130,7 @@ def trained_model(output_dir: str | os.PathLike | None = None, progress: bool = 
     from .common.config import tutorial_config
     from .train import train_dreambooth
 
-    config = tutorial_config(**({"output_dir": str(output_dir)} if output_dir else {}))
+    config = tutorial_config(with_prior=True, **({"output_dir": str(output_dir)} if output_dir else {}))
     folder = Path(config.output_dir)
     if not is_diffusers_folder(folder):
         print(f"{folder} has no trained model yet: training one with chapter 04's settings ...")

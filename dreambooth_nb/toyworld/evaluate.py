@@ -235,12 +235,13 @@ def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, ju
     scores["new contexts: context right"] = float(np.mean([scores[f"context {label}"] for label in NEW_CONTEXTS]))
     classes, images["class"] = read(pipe, [class_scene()] * n, first + 9000, None, judge, **sampling)
     scores.update(class_scores(classes))
+    scores["identifier distance"] = identifier_distance(pipe.tokenizer, pipe.text_encoder)["identifier distance"]
     return {**scores, "images": images}
 
 
 def is_share(score: str) -> bool:
     """Scores are shares of judged pictures, shown in percent, but for the few that count something else."""
-    return "bits" not in score and "per noise" not in score
+    return "bits" not in score and "per noise" not in score and "distance" not in score
 
 
 class Scores(Table):

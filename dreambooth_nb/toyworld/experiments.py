@@ -23,7 +23,7 @@ from .evaluate import NEW_CONTEXTS, Scores, Spread, over_seeds
 
 MODELS = {"base model": None, "no prior": False, "with prior": True}  # name: with_prior_preservation (None: not trained)
 MAIN_SCORES = ("subject fidelity", "recontext", "new contexts: subject kept", "new contexts: context right",
-               "class kept", "class drift", "class colours (bits)")
+               "class kept", "class drift", "class colours (bits)", "identifier distance")
 # the targets for DreamBooth with prior preservation: score -> lowest mean
 TARGETS = {"subject fidelity": 0.80, "new contexts: subject kept": 0.70, "new contexts: context right": 0.70,
            "class kept": 0.80}
@@ -283,10 +283,11 @@ class SweepTable(Table):
 
     cells: dict
     caption = "Recipe sweep with prior preservation, mean ± sd over seeds"
-    header = ("recipe", "steps", "seeds", *MAIN_SCORES[:-1])
+    scores = MAIN_SCORES[:6]  # the shares of judged pictures
+    header = ("recipe", "steps", "seeds", *scores)
 
     def rows(self) -> list[tuple]:
-        return [(recipe, steps, len(runs), *(Spread(tuple(r[k] for r in runs)).text() for k in MAIN_SCORES[:-1]))
+        return [(recipe, steps, len(runs), *(Spread(tuple(r[k] for r in runs)).text() for k in self.scores))
                 for recipe, row in self.cells.items() for steps, runs in row.items() if runs]
 
 
