@@ -117,10 +117,10 @@ class GuideMatch(Table):
 def match_batch(dataset: DreamBoothDataset, batch: Batch) -> GuideMatch:
     """For each row of the trainer's batch: the guide's picture nearest to it (same half), how far apart, and
     whether the prompt's token ids are the same."""
-    found = []
+    found, examples = [], [dataset[i] for i in range(len(dataset))]  # each picture transformed once
     for row, half in enumerate(batch.halves):
         paths = dataset.instance_paths if half == "instance" else dataset.class_paths
-        pictures = [dataset[i][f"{half}_images"] for i in range(len(paths))]
+        pictures = [examples[i][f"{half}_images"] for i in range(len(paths))]
         gaps = [float(np.abs(p - batch.pixels[row]).max()) for p in pictures]
         best = int(np.argmin(gaps))
         same = bool(np.array_equal(dataset.prompts[half][0][0], batch.input_ids[row]))

@@ -199,8 +199,7 @@ def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Pat
     (which grows, up to 4 x wanted, until enough are found). Returns (folder, how many it holds)."""
     import shutil
 
-    from PIL import Image
-
+    from ..data import load_rgb
     from ..prior import ensure_class_images, usable_class_images
     from ..train.engine import load_sd
     from .judge import load_judge
@@ -213,7 +212,7 @@ def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Pat
         for path in usable_class_images(source)[:pool]:
             target = folder / path.name
             if len(kept) < wanted and target not in kept:
-                verdict = judge.read([np.asarray(Image.open(path).convert("RGB"))])[0]
+                verdict = judge.read([np.asarray(load_rgb(path))])[0]
                 if verdict.shape == "star" and not evaluate.striped(verdict):
                     folder.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, target)
