@@ -224,16 +224,19 @@ def test_spread_is_mean_and_sample_standard_deviation_over_seeds():
 
 
 def test_readme_shows_the_committed_experiment_results():
-    """The README's toy-world table is the committed output of `python -m dreambooth_nb.toyworld.experiments`."""
+    """The README's toy-world tables are the committed outputs of `python -m dreambooth_nb.toyworld.experiments`,
+    chapter 06's recipe and the sweep's best (`--recipe`)."""
     from pathlib import Path
 
     from dreambooth_nb.common.assets import results_dir
-    from dreambooth_nb.toyworld.experiments import committed_table
+    from dreambooth_nb.toyworld.experiments import BOTH, CHAPTER_RECIPE, committed_table, results_name
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    for line in str(committed_table()).splitlines():
-        assert line in readme, line
+    for recipe in (CHAPTER_RECIPE, BOTH):
+        for line in str(committed_table(recipe=recipe)).splitlines():
+            assert line in readme, line
     assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()
+    assert (results_dir() / f"{results_name(BOTH)}.png").is_file()
 
 
 def test_the_recipe_sweep_reports_each_recipe_and_step_over_seeds():
@@ -323,3 +326,16 @@ def test_captions_without_pictures_are_the_datasets_own_names_included():
     _, with_pictures, _ = scenes.dataset(300, seed=5)
     assert scenes.captions(300, seed=5) == with_pictures
     assert scenes.captions(300, seed=5, named=0.0) == [s.caption() for s in scenes.scenes(300, seed=5)]
+
+
+def test_a_recipe_changes_only_what_it_names_and_writes_to_its_own_folders():
+    from dreambooth_nb.common.config import toy_dreambooth_config
+    from dreambooth_nb.toyworld.experiments import BOTH, run_dir, with_recipe
+
+    config = toy_dreambooth_config(False)
+    changed = with_recipe(config, BOTH)
+    assert changed.train_text_encoder and not config.train_text_encoder
+    assert changed.replace(train_text_encoder=False) == config  # without the prior there are no class images to judge
+    with pytest.raises(KeyError, match="choose one of"):
+        with_recipe(config, "lr 1e-3")
+    assert run_dir("with prior", 0) != run_dir("with prior", 0, BOTH)

@@ -68,3 +68,25 @@ def test_in_a_log_file_the_wait_is_two_lines_without_a_counter(capsys, monkeypat
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "\r" not in "".join(lines), lines
     assert lines[0].startswith("compiling the sampler (") and lines[1].strip() == "compiling the sampler: done in 0 s"
+
+
+def test_in_a_notebook_the_counter_is_one_output_updated_in_place(capsys, monkeypatch):
+    """A notebook keeps every stream write as an output: the seconds go to one display, updated, not to stderr."""
+    import time
+
+    from dreambooth_nb.common import viz
+
+    shown = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            shown.append(data["text/plain"])
+
+    monkeypatch.setattr(waits, "counter_can_redraw", lambda: True)
+    monkeypatch.setattr(viz, "in_notebook", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: Handle())
+    with waits.said_wait("compiling the sampler", "sampling: notebook"):
+        time.sleep(0.2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\r" not in err, err  # the start line only
+    assert shown[0].strip().startswith("compiling the sampler: ") and shown[-1].strip() == "compiling the sampler: done in 0 s"

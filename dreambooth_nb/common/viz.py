@@ -130,9 +130,14 @@ def plot_loss(history: Sequence, ax=None, smooth: int = 10, title: str = "traini
 
 
 def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, disable: bool = False):
-    """A text progress bar on stderr (tqdm): live in a terminal and a notebook, one clean final line when saved."""
+    """A progress bar (tqdm): in a notebook one widget updated in place (a text bar there would leave one output per
+    redraw in the saved notebook, hundreds per training cell); elsewhere a text bar on stderr."""
     import sys
 
+    if in_notebook():
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, mininterval=0.5)
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr,

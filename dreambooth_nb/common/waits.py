@@ -51,16 +51,43 @@ def counter_can_redraw() -> bool:
     return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
+class LiveLine:
+    """One line of text redrawn in place: in a notebook, one output updated (not a new output per tick, which a
+    saved notebook would keep hundreds of); on a terminal, a "\\r" line on stderr."""
+
+    def __init__(self):
+        from .viz import in_notebook
+
+        self.handle = None
+        if in_notebook():
+            from IPython.display import display
+
+            self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def show(self, text: str) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": text}, raw=True)
+        else:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    def finish(self, text: str) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": text}, raw=True)
+        else:
+            print(f"\r{text}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def said_wait(what: str, key: str, bar=None, first_time: str = "the first time here: up to a few minutes on a CPU",
               show: bool = True):
     """Say `what` is starting and how long it took last time; while it runs, the seconds so far are shown (on the
     progress bar `bar` when given, else on their own line); afterwards the time is recorded for next time. A wait
     that fails or is interrupted records nothing."""
-    start = time.perf_counter()
-    done = threading.Event()
     if show:
         print(f"{what} ({expectation(key, first_time)}) ...", file=sys.stderr, flush=True)
+    line = LiveLine() if show and bar is None and counter_can_redraw() else None
+    start = time.perf_counter()
+    done = threading.Event()
 
     def tick():
         while not done.wait(TICK_SECONDS):
@@ -68,9 +95,9 @@ def said_wait(what: str, key: str, bar=None, first_time: str = "the first time h
             if bar is not None:
                 bar.set_postfix_str(seconds, refresh=True)
             else:
-                print(f"\r  {seconds}", end="", file=sys.stderr, flush=True)
+                line.show(f"  {seconds}")
 
-    ticker = threading.Thread(target=tick, daemon=True) if show and (bar is not None or counter_can_redraw()) else None
+    ticker = threading.Thread(target=tick, daemon=True) if bar is not None and show or line is not None else None
     if ticker is not None:
         ticker.start()
     try:
@@ -81,5 +108,7 @@ def said_wait(what: str, key: str, bar=None, first_time: str = "the first time h
             ticker.join(timeout=2 * TICK_SECONDS)
     seconds = time.perf_counter() - start
     remember_seconds(key, seconds)
-    if show and bar is None:
-        print(f"{chr(13) if ticker is not None else ''}  {what}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
+    if line is not None:
+        line.finish(f"  {what}: done in {seconds:.0f} s")
+    elif show and bar is None:
+        print(f"  {what}: done in {seconds:.0f} s", file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
     python -m dreambooth_nb.toyworld.experiments [--seeds 0 1 2]   # trains both runs per seed, prints the table
     python -m dreambooth_nb.toyworld.experiments --sweep           # the recipe sweep: each recipe x steps x seeds
+    python -m dreambooth_nb.toyworld.experiments --recipe "judged class images + text encoder trained" --steps 600
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TARGETS = {"subject fidelity": 0.80, "new contexts: subject kept": 0.70, "new co
 SWEEP_EVERY = 200  # checkpoints scored along each sweep run (constant learning rate, no warm-up)
 SWEEP_STEPS = 600
 SWEEP_DIR = TOY_RUNS_DIR / "sweep"
+CHAPTER_RECIPE = "chapter 06's recipe"
 
 
 def toy_samples(n: int = 8, seed: int = 0) -> tuple[list, list[str]]:
@@ -60,18 +62,24 @@ def toy_dreambooth_scores(pipe, seed: int = 0) -> dict:
     return evaluate.dreambooth_scores(pipe, seed, **sample_counts())
 
 
-def run_dir(model: str, seed: int) -> Path:
-    """Where the DreamBooth run of `model` ('no prior' or 'with prior') and this seed writes."""
-    return TOY_RUNS_DIR / f"{model.replace(' ', '-')}-seed{seed}"
+def slug(name: str) -> str:
+    """A folder name for a model or recipe name: `with prior` -> `with-prior`."""
+    return name.replace(" ", "-").replace("'", "").replace("+", "and")
 
 
-def train_toy(prior: bool, seed: int = 0, progress: bool = True, **changes) -> Path:
-    """One DreamBooth run on the toy subject (chapter 06's recipe) with this training seed; its output_dir."""
+def run_dir(model: str, seed: int, recipe: str = CHAPTER_RECIPE) -> Path:
+    """Where the DreamBooth run of `model` ('no prior' or 'with prior') with this recipe and seed writes."""
+    folder = TOY_RUNS_DIR if recipe == CHAPTER_RECIPE else TOY_RUNS_DIR / slug(recipe)
+    return folder / f"{slug(model)}-seed{seed}"
+
+
+def train_toy(prior: bool, seed: int = 0, progress: bool = True, recipe: str = CHAPTER_RECIPE, **changes) -> Path:
+    """One DreamBooth run on the toy subject (chapter 06's recipe, or one of RECIPES) with this seed; its output_dir."""
     from ..train import train_dreambooth
 
     name = "with prior" if prior else "no prior"
-    config = toy_dreambooth_config(prior, output_dir=str(run_dir(name, seed)), seed=seed, **changes)
-    train_dreambooth(config, progress=progress)
+    config = toy_dreambooth_config(prior, output_dir=str(run_dir(name, seed, recipe)), seed=seed, **changes)
+    train_dreambooth(with_recipe(config, recipe, progress), progress=progress)
     return Path(config.output_dir)
 
 
@@ -80,6 +88,7 @@ class Experiments:
     """Scores per model and seed (each a dict from evaluate.dreambooth_scores) and the table over seeds."""
 
     runs: dict[str, list[dict]] = field(default_factory=dict)
+    recipe: str = CHAPTER_RECIPE
 
     def spreads(self) -> dict[str, dict[str, Spread]]:
         return {name: over_seeds(runs) for name, runs in self.runs.items()}
@@ -88,7 +97,7 @@ class Experiments:
         """The main scores (detail=True: each new context's 'kept' and 'context right' too), mean ± sd over seeds."""
         seeds = len(next(iter(self.runs.values())))
         spreads = {name: {k: v for k, v in s.items() if detail or k in MAIN_SCORES} for name, s in self.spreads().items()}
-        return Scores(spreads, caption=f"DreamBooth on the toy world, mean ± sd over {seeds} seed(s)",
+        return Scores(spreads, caption=f"DreamBooth on the toy world ({self.recipe}), mean ± sd over {seeds} seed(s)",
                       targets=target_verdicts(self.spreads()))
 
     def figure(self, seed_index: int = 0):
@@ -116,17 +125,20 @@ def target_verdicts(spreads: dict[str, dict[str, Spread]]) -> dict[str, str]:
     return out
 
 
-def run_experiments(seeds=evaluate.SEEDS, progress: bool = True, **changes) -> Experiments:
-    """Score the base model and DreamBooth without and with prior preservation, one training run per seed."""
+def run_experiments(seeds=evaluate.SEEDS, progress: bool = True, recipe: str = CHAPTER_RECIPE,
+                    **changes) -> Experiments:
+    """Score the base model and DreamBooth without and with prior preservation (one of RECIPES), one run per seed."""
     from ..common.assets import resolve_model
     from ..infer import load_pipeline, swap_weights
 
     pipe = load_pipeline(evaluate.MODEL)  # one pipeline: each run's weights are swapped in (one compiled sampler)
     base = resolve_model(evaluate.MODEL)
-    result = Experiments({name: [] for name in MODELS})
+    result = Experiments({name: [] for name in MODELS}, recipe)
     for seed in seeds:
         for name, prior in MODELS.items():
-            swap_weights(pipe, base if prior is None else train_toy(prior, seed, progress, **changes))
+            swap_weights(pipe, base)  # a run that trains only the UNet keeps the base text encoder
+            if prior is not None:
+                swap_weights(pipe, train_toy(prior, seed, progress, recipe, **changes))
             result.runs[name].append(toy_dreambooth_scores(pipe, seed))
     swap_weights(pipe, base)
     return result
@@ -184,14 +196,28 @@ def payoff_figure(models: dict[str, dict], per_block: int = 4):
 # ------------------------------------------------------------------ the recipe sweep
 # each recipe: what it changes in chapter 06's with-prior run (FILTERED: the class images the judge reads as plain stars)
 FILTERED = "class images judged plain stars"
+BOTH = "judged class images + text encoder trained"
 RECIPES = {
-    "chapter 06's recipe": {},
+    CHAPTER_RECIPE: {},
     "text encoder trained": {"train_text_encoder": True},
     "lr 3e-4": {"learning_rate": 3e-4},
     "prior weight 0.5": {"prior_loss_weight": 0.5},
     "16 class images": {"num_class_images": 16},
     FILTERED: {},
+    BOTH: {"train_text_encoder": True},
 }
+JUDGED = (FILTERED, BOTH)  # the recipes whose class images are the judged plain stars
+
+
+def with_recipe(config, recipe: str, progress: bool = True):
+    """`config` changed as `recipe` says (a with-prior run of a JUDGED recipe learns from judged class images)."""
+    if recipe not in RECIPES:
+        raise KeyError(f"unknown recipe {recipe!r}: choose one of {', '.join(map(repr, RECIPES))}")
+    config = dataclasses.replace(config, **RECIPES[recipe])
+    if recipe in JUDGED and config.with_prior_preservation:
+        folder, count = judged_class_images(config, config.num_class_images, progress)
+        config = dataclasses.replace(config, class_data_dir=str(folder), num_class_images=count)
+    return config
 
 
 def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Path, int]:
@@ -223,13 +249,10 @@ def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Pat
 
 def recipe_config(recipe: str, seed: int, max_steps: int, every: int, progress: bool = True):
     """Chapter 06's with-prior run changed as `recipe` says, keeping a checkpoint every `every` steps."""
-    config = toy_dreambooth_config(True, output_dir=str(SWEEP_DIR / f"{recipe.replace(' ', '-')}-seed{seed}"), seed=seed,
+    config = toy_dreambooth_config(True, output_dir=str(SWEEP_DIR / f"{slug(recipe)}-seed{seed}"), seed=seed,
                                    max_train_steps=max_steps, checkpointing_steps=every, checkpoints_total_limit=None,
-                                   resume_from_checkpoint="latest", **RECIPES[recipe])
-    if recipe == FILTERED:
-        folder, count = judged_class_images(config, config.num_class_images, progress)
-        config = dataclasses.replace(config, class_data_dir=str(folder), num_class_images=count)
-    return config
+                                   resume_from_checkpoint="latest")
+    return with_recipe(config, recipe, progress)
 
 
 @dataclass
@@ -352,10 +375,15 @@ def committed_sweep() -> "SweepTable":
     return SweepTable({recipe: {int(steps): runs for steps, runs in row.items()} for recipe, row in cells.items()})
 
 
-def committed_table(detail: bool = False) -> Scores:
-    """The table of the committed full-profile run of `python -m dreambooth_nb.toyworld.experiments`."""
-    runs = json.loads((results_dir() / "experiments.json").read_text(encoding="utf-8"))
-    return Experiments(runs).table(detail)
+def results_name(recipe: str = CHAPTER_RECIPE) -> str:
+    """The stem of the committed results of `experiments --recipe`: experiments (chapter 06's), experiments-<recipe>."""
+    return "experiments" if recipe == CHAPTER_RECIPE else f"experiments-{slug(recipe)}"
+
+
+def committed_table(detail: bool = False, recipe: str = CHAPTER_RECIPE) -> Scores:
+    """The table of the committed full-profile run of `python -m dreambooth_nb.toyworld.experiments [--recipe ...]`."""
+    runs = json.loads((results_dir() / f"{results_name(recipe)}.json").read_text(encoding="utf-8"))
+    return Experiments(runs, recipe).table(detail)
 
 
 def main(argv=None):
@@ -372,6 +400,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {TOY_STEPS[0]}, "
                         f"{TOY_STEPS[1]} under DREAMBOOTH_NB_FAST=1)")
     parser.add_argument("--sweep", action="store_true", help="the recipe sweep (text encoder, learning rate, prior weight, class images x steps) instead")
+    parser.add_argument("--recipe", default=CHAPTER_RECIPE, choices=list(RECIPES),
+                        help="the recipe of both DreamBooth runs (default: chapter 06's)")
     parser.add_argument("--results", default=None, help="folder for the table, figure and JSON "
                         "(default: the package's assets/toyworld/results, the committed copy)")
     args = parser.parse_args(argv)
@@ -382,9 +412,10 @@ def main(argv=None):
         result = sweep(seeds=args.seeds, save_to=out / "sweep.json", **({"max_steps": args.steps} if args.steps else {}))
         save_atomic(result.contact_sheet(), out / "sweep.png")
     else:
-        result = run_experiments(args.seeds, **({"max_train_steps": args.steps} if args.steps else {}))
-        save_atomic(result.figure(), out / "payoff.png")
-    name = "sweep" if args.sweep else "experiments"
+        result = run_experiments(args.seeds, recipe=args.recipe, **({"max_train_steps": args.steps} if args.steps else {}))
+    name = "sweep" if args.sweep else results_name(args.recipe)
+    if not args.sweep:
+        save_atomic(result.figure(), out / f"{'payoff' if args.recipe == CHAPTER_RECIPE else name}.png")
     write_json_atomic(out / f"{name}.json", result.to_json())
     table = result.table(detail=True)
     (out / f"{name}.txt").write_text(f"{table}\n", encoding="utf-8")
