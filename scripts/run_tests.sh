@@ -2,7 +2,8 @@
 # The test command: the browser test's system package, then the unit tests and nbval executing every notebook,
 # on the fast profile. The two halves run side by side (most of their time is single-threaded graph compiling,
 # so two processes share the two cores well); the unit tests keep their own cache folder, so that nothing the
-# notebooks build is written by two processes at once. Each half prints its 20 slowest items.
+# notebooks build is written by two processes at once. The SDXL tests run after the notebooks, in their process,
+# so that the two halves take about as long. Each half prints its 20 slowest items.
 set -uo pipefail
 PY=${1:-.venv/bin/python}
 export DREAMBOOTH_NB_FAST=1 GLOG_v=3 PYTHONUNBUFFERED=1
@@ -10,18 +11,20 @@ bash "$(dirname "$0")/browser_deps.sh" "$PY"
 CACHE=${DREAMBOOTH_NB_CACHE:-$HOME/.cache/dreambooth_nb}
 mkdir -p outputs
 UNIT_LOG=outputs/unit-tests.log
+AFTER_NOTEBOOKS=tests/test_sdxl.py
 start=$SECONDS
-DREAMBOOTH_NB_CACHE="$CACHE-unit-tests" "$PY" -m pytest tests --durations=20 -q -rs "${@:2}" > "$UNIT_LOG" 2>&1 &
+DREAMBOOTH_NB_CACHE="$CACHE-unit-tests" "$PY" -m pytest tests --ignore="$AFTER_NOTEBOOKS" --durations=20 -q -rs "${@:2}" \
+  > "$UNIT_LOG" 2>&1 &
 unit=$!
 trap 'kill $unit 2>/dev/null' EXIT
-echo "unit tests running beside the notebooks (log: $UNIT_LOG); the notebooks' nbval follows live"
-"$PY" -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=20 -q -rs "${@:2}"
+echo "unit tests running beside the notebooks (log: $UNIT_LOG); the notebooks' nbval and $AFTER_NOTEBOOKS follow live"
+"$PY" -m pytest notebooks "$AFTER_NOTEBOOKS" --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=20 -q -rs "${@:2}"
 notebooks_rc=$?
-echo "notebooks done after $((SECONDS - start)) s; waiting for the unit tests ..."
+echo "notebooks and $AFTER_NOTEBOOKS done after $((SECONDS - start)) s; waiting for the unit tests ..."
 wait $unit
 unit_rc=$?
 trap - EXIT
 echo "================================ unit tests ================================"
 cat "$UNIT_LOG"
-echo "suite: $((SECONDS - start)) s (notebooks exit $notebooks_rc, unit tests exit $unit_rc)"
+echo "suite: $((SECONDS - start)) s (notebooks and SDXL exit $notebooks_rc, other unit tests exit $unit_rc)"
 [ "$notebooks_rc" -eq 0 ] && [ "$unit_rc" -eq 0 ]

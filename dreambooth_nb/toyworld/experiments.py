@@ -194,7 +194,7 @@ def payoff_figure(models: dict[str, dict], per_block: int = 4):
 
 
 # ------------------------------------------------------------------ the recipe sweep
-# each recipe: what it changes in chapter 06's with-prior run (FILTERED: the class images the judge reads as plain stars)
+# each recipe: what it changes in chapter 06's with-prior run (the JUDGED ones: class images the judge reads as plain stars)
 FILTERED = "class images judged plain stars"
 BOTH = "judged class images + text encoder trained"
 RECIPES = {
