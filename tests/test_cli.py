@@ -179,3 +179,45 @@ def test_one_main_serves_the_three_commands(capsys):
             main(["--help"])
         shown = capsys.readouterr().out
         assert f"python -m dreambooth_nb.{prog}" in shown and own in shown
+
+
+def test_a_run_in_a_fresh_process_is_a_said_wait_and_returns_its_resources(tmp_path, monkeypatch, capsys):
+    """The command runs with its output captured, so the wait is said (the command, then a counted wait)."""
+    import json
+
+    from dreambooth_nb.common.config import TrainConfig
+
+    monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(instance_data_dir="photos", instance_prompt="a photo of sks star", output_dir=str(tmp_path / "run"),
+                         max_train_steps=3)
+    ran, real_run = [], subprocess.run
+
+    def fake_run(command, **kwargs):
+        if not (isinstance(command, list) and command[1:2] == ["-m"]):
+            return real_run(command, **kwargs)  # anything else the libraries run (lscpu, ...)
+        ran.append(command)
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "resources.json").write_text(json.dumps({"peak_rss_mb": 1.0}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert cli.run_in_fresh_process(config) == {"peak_rss_mb": 1.0}
+    assert ran and ran[0][1:3] == ["-m", config.COMMAND] and "--max_train_steps=3" in ran[0]
+    out = capsys.readouterr()
+    assert out.out.startswith("$ ") and "training in a fresh process" in out.err and "done in" in out.err
+
+
+def test_a_failed_run_in_a_fresh_process_says_its_tail_and_is_not_remembered_as_a_wait(tmp_path, monkeypatch):
+    from dreambooth_nb.common import waits
+    from dreambooth_nb.common.config import TrainConfig
+    from dreambooth_nb.common.errors import UserError
+
+    monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(instance_data_dir="photos", instance_prompt="a photo of sks star", output_dir=str(tmp_path / "run"))
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+        command, 2, "", "error: outputs/x is in use by another training run") if command[1:2] == ["-m"]
+        else real_run(command, **kw))
+    with pytest.raises(UserError, match="exit status 2:\nerror: outputs/x is in use"):
+        cli.run_in_fresh_process(config)
+    assert not (tmp_path / "cache" / waits.TIMES_FILE).is_file()  # nothing remembered

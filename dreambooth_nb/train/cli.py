@@ -162,12 +162,16 @@ def run_in_fresh_process(config) -> dict:
     from pathlib import Path
 
     from ..common.errors import UserError
+    from ..common.waits import said_wait
     from .engine import RESOURCES_FILE
 
     command = [sys.executable, "-m", config.COMMAND, *config.to_args()]
     print("$", config.command(), flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise UserError(f"`{config.command()}` failed with exit status {done.returncode}:\n{tail}")
+    key = f"fresh process: {config.COMMAND} {config.resolution} px, {config.max_train_steps} steps"
+    with said_wait("training in a fresh process (start, compile, train, save)", key,
+                   first_time="the first time here: a minute or more on a CPU"):
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if done.returncode != 0:  # inside the wait: a run that failed is not remembered as how long a run takes
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise UserError(f"`{config.command()}` failed with exit status {done.returncode}:\n{tail}")
     return json.loads((Path(config.output_dir) / RESOURCES_FILE).read_text(encoding="utf-8"))
