@@ -1,4 +1,5 @@
-"""Shared pytest setup for unit tests and nbval: quiet logs, a private cache, the fast profile."""
+"""Shared pytest setup for unit tests and nbval: quiet logs and the fast profile (scripts/run_tests.sh gives the unit
+tests their own cache folder)."""
 
 import os
 

@@ -55,24 +55,30 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
     """Put the networks a run saved (an output_dir or a checkpoint-N: unet/, text_encoder/) into an existing pipeline.
 
     The pipeline keeps its compiled sampling graphs, so switching between models costs neither a second
-    compile nor a second copy of the graphs in memory. Returns the names of the networks replaced.
+    compile nor a second copy of the graphs in memory. A network the run did not save (the text encoder of a run
+    that trained only the UNet) comes from the base model it was trained from, as in load_pipeline, so nothing of
+    the model swapped in before stays behind. Returns the names of the networks replaced.
     """
     import mindspore as ms
 
     folder = Path(model)
-    parts = [name for name in ("unet", "text_encoder") if (folder / name / "config.json").is_file()]
+    parts = {name: folder / name for name in ("unet", "text_encoder") if (folder / name / "config.json").is_file()}
     if not parts:
         raise MissingFileError(f"{folder} holds no unet/ or text_encoder/ folder: give a training output_dir or "
                                 f"one of its checkpoint-N folders.")
-    for name in parts:
+    base = training_settings(folder).get("pretrained_model_name_or_path")
+    for name in ("unet", "text_encoder"):
+        if name not in parts and base is not None:
+            parts[name] = Path(resolve_model(base)) / name
+    for name, source in parts.items():
         target = getattr(pipe, name)
-        saved = type(target).from_pretrained(str(folder / name))
+        saved = type(target).from_pretrained(str(source))
         values = dict(saved.parameters_and_names())
         by_name = {param.name: values[key] for key, param in target.parameters_and_names()}
         not_loaded, _ = ms.load_param_into_net(target, by_name, strict_load=True)
         if not_loaded:
-            raise InputError(f"{folder / name} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
-    return parts
+            raise InputError(f"{source} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
+    return list(parts)
 
 
 # ------------------------------------------------------------------ chapter 05: before and after

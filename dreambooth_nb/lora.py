@@ -252,12 +252,12 @@ class MethodComparison(Table):
                 for key, label, fmt in self.ROWS]
 
 
-def compare_methods(config: LoraTrainConfig, pipe=None, seed: int = 0) -> MethodComparison:
+def compare_methods(config: LoraTrainConfig, *, pipe=None, seed: int = 0) -> MethodComparison:
     """Train full fine-tuning and LoRA with the same settings (each command in a fresh process, so step time and
     memory are its own), then judge both on the toy world's prompts with the same seeds.
 
-    pipe: a pipeline of the base model to judge with (its weights are swapped and restored: one compiled sampler
-    serves every model); None loads one."""
+    pipe: a pipeline of the base model to judge with (its weights are swapped, and restored even when judging
+    fails: one compiled sampler serves every model); None loads one."""
     from .common.assets import resolve_model
     from .infer import load_pipeline, swap_weights
     from .toyworld.experiments import toy_dreambooth_scores
@@ -265,13 +265,16 @@ def compare_methods(config: LoraTrainConfig, pipe=None, seed: int = 0) -> Method
 
     full = full_config_of(config)
     measures = {"full": run_in_fresh_process(full), "lora": run_in_fresh_process(config)}
-    pipe = pipe or load_pipeline(config.pretrained_model_name_or_path)
-    merge_adapters(pipe, config.output_dir)
-    measures["lora"].update(toy_dreambooth_scores(pipe, seed))
-    unmerge_adapters(pipe)
-    swap_weights(pipe, full.output_dir)
-    measures["full"].update(toy_dreambooth_scores(pipe, seed))
-    swap_weights(pipe, resolve_model(config.pretrained_model_name_or_path))
+    pipe = pipe if pipe is not None else load_pipeline(config.pretrained_model_name_or_path)
+    try:
+        merge_adapters(pipe, config.output_dir)
+        measures["lora"].update(toy_dreambooth_scores(pipe, seed))
+        unmerge_adapters(pipe)
+        swap_weights(pipe, full.output_dir)
+        measures["full"].update(toy_dreambooth_scores(pipe, seed))
+    finally:
+        unmerge_adapters(pipe)
+        swap_weights(pipe, resolve_model(config.pretrained_model_name_or_path))
     size = lora_size(full.output_dir, config.output_dir)
     measures["full"].update(trained=size.unet_parameters, file_mb=size.full_bytes / 2**20)
     measures["lora"].update(trained=size.adapter_parameters, file_mb=size.adapter_bytes / 2**20)
@@ -288,14 +291,14 @@ def finished_run_of(config: LoraTrainConfig) -> bool:
     return all(settings.get(k) == getattr(config, k) for k in same_run)
 
 
-def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), pipe=None, seed: int = 0) -> "RankSweep":
+def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), *, pipe=None, seed: int = 0) -> "RankSweep":
     """LoRA at several ranks, same settings otherwise: judged scores and adapter size per rank. The run of
     config.output_dir is reused for its own rank when it finished (compare_methods trained it). pipe: a pipeline
     of the base model to judge with (adapters merged in and taken out again); None loads one."""
     from .infer import load_pipeline
     from .toyworld.experiments import toy_dreambooth_scores
 
-    pipe, results = pipe or load_pipeline(config.pretrained_model_name_or_path), {}
+    pipe, results = pipe if pipe is not None else load_pipeline(config.pretrained_model_name_or_path), {}
     for rank in ranks:
         run = config.replace(lora_rank=rank, output_dir=str(Path(config.output_dir).with_name(f"rank-{rank}")))
         if finished_run_of(config) and rank == config.lora_rank:
@@ -303,8 +306,10 @@ def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), pipe=None, seed: int =
         else:
             train_lora(run, progress=False)
         merge_adapters(pipe, run.output_dir)
-        scores = toy_dreambooth_scores(pipe, seed)
-        unmerge_adapters(pipe)
+        try:
+            scores = toy_dreambooth_scores(pipe, seed)
+        finally:
+            unmerge_adapters(pipe)
         results[rank] = {k: scores[k] for k in RankSweep.SCORES}
         results[rank]["file_kb"] = adapter_file(run.output_dir).stat().st_size / 2**10
     return RankSweep(results)

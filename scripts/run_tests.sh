@@ -3,7 +3,9 @@
 # on the fast profile. The two halves run side by side (most of their time is single-threaded graph compiling,
 # so two processes share the two cores well); the unit tests keep their own cache folder, so that nothing the
 # notebooks build is written by two processes at once. The SDXL tests run after the notebooks, in their process,
-# so that the two halves take about as long. Each half prints its 20 slowest items.
+# so that the two halves take about as long. Each half prints its 20 slowest items. Extra arguments (pytest options
+# only: a path would run in both halves at once) go to both halves. The unit tests' cache folder,
+# $DREAMBOOTH_NB_CACHE-unit-tests, is kept between runs like the main one.
 set -uo pipefail
 PY=${1:-.venv/bin/python}
 export DREAMBOOTH_NB_FAST=1 GLOG_v=3 PYTHONUNBUFFERED=1
@@ -13,10 +15,12 @@ mkdir -p outputs
 UNIT_LOG=outputs/unit-tests.log
 AFTER_NOTEBOOKS=tests/test_sdxl.py
 start=$SECONDS
-DREAMBOOTH_NB_CACHE="$CACHE-unit-tests" "$PY" -m pytest tests --ignore="$AFTER_NOTEBOOKS" --durations=20 -q -rs "${@:2}" \
-  > "$UNIT_LOG" 2>&1 &
+# its own process group (setsid), so that stopping the suite also stops what the unit tests started (training
+# processes, the lab server, the browser)
+DREAMBOOTH_NB_CACHE="$CACHE-unit-tests" setsid "$PY" -m pytest tests --ignore="$AFTER_NOTEBOOKS" --durations=20 -q -rs \
+  "${@:2}" > "$UNIT_LOG" 2>&1 &
 unit=$!
-trap 'kill $unit 2>/dev/null' EXIT
+trap 'kill -TERM -- -$unit 2>/dev/null' EXIT
 echo "unit tests running beside the notebooks (log: $UNIT_LOG); the notebooks' nbval and $AFTER_NOTEBOOKS follow live"
 "$PY" -m pytest notebooks "$AFTER_NOTEBOOKS" --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=20 -q -rs "${@:2}"
 notebooks_rc=$?

@@ -185,6 +185,7 @@ def test_a_run_in_a_fresh_process_is_a_said_wait_and_returns_its_resources(tmp_p
     """The command runs with its output captured, so the wait is said (the command, then a counted wait)."""
     import json
 
+    from dreambooth_nb.common import waits
     from dreambooth_nb.common.config import TrainConfig
 
     monkeypatch.setenv("DREAMBOOTH_NB_CACHE", str(tmp_path / "cache"))
@@ -205,6 +206,7 @@ def test_a_run_in_a_fresh_process_is_a_said_wait_and_returns_its_resources(tmp_p
     assert ran and ran[0][1:3] == ["-m", config.COMMAND] and "--max_train_steps=3" in ran[0]
     out = capsys.readouterr()
     assert out.out.startswith("$ ") and "training in a fresh process" in out.err and "done in" in out.err
+    assert (tmp_path / "cache" / waits.TIMES_FILE).is_file()  # a finished run is remembered as the wait's duration
 
 
 def test_a_failed_run_in_a_fresh_process_says_its_tail_and_is_not_remembered_as_a_wait(tmp_path, monkeypatch):

@@ -27,6 +27,22 @@ def test_model_saved_without_text_encoder_loads_the_base_one(components, tmp_pat
         np.testing.assert_array_equal(param.asnumpy(), base[name].asnumpy(), err_msg=name)
 
 
+def test_swapping_in_a_unet_only_run_brings_back_the_base_text_encoder(components, tmp_path):
+    """A run that trained only the UNet saved no text encoder: swap_weights takes its base model's, not whatever
+    text encoder an earlier swap left in the pipeline."""
+    import mindspore as ms
+
+    config = db.TrainConfig(output_dir=str(tmp_path / "unet-only"), skip_save_text_encoder=True)
+    unet_only = sampling.save_pipeline(components, tmp_path / "unet-only", config, skip_text_encoder=True)
+    pipe = infer.load_pipeline(str(unet_only))
+    base = {name: p.asnumpy().copy() for name, p in pipe.text_encoder.parameters_and_names()}
+    for _, param in pipe.text_encoder.parameters_and_names():  # as if a text-encoder run had been swapped in
+        param.set_data(ms.Tensor(param.asnumpy() * 2, dtype=param.dtype))
+    assert infer.swap_weights(pipe, unet_only) == ["unet", "text_encoder"]
+    for name, param in pipe.text_encoder.parameters_and_names():
+        np.testing.assert_array_equal(param.asnumpy(), base[name], err_msg=name)
+
+
 def test_trained_model_keeps_an_existing_model(components, tmp_path, monkeypatch):
     out = sampling.save_pipeline(components, tmp_path / "model", db.TrainConfig())
     monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", lambda *a, **k: pytest.fail("trained again"))

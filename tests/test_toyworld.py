@@ -235,7 +235,7 @@ def test_readme_shows_the_committed_experiment_results():
     for recipe in (CHAPTER_RECIPE, BOTH):
         for line in str(committed_table(recipe=recipe)).splitlines():
             assert line in readme, line
-    assert (results_dir() / "sweep.png").is_file() and (results_dir() / "payoff.png").is_file()
+    assert (results_dir() / "sweep.png").is_file() and (results_dir() / "experiments.png").is_file()
     assert (results_dir() / f"{results_name(BOTH)}.png").is_file()
 
 
@@ -336,6 +336,16 @@ def test_a_recipe_changes_only_what_it_names_and_writes_to_its_own_folders():
     changed = with_recipe(config, BOTH)
     assert changed.train_text_encoder and not config.train_text_encoder
     assert changed.replace(train_text_encoder=False) == config  # without the prior there are no class images to judge
+    assert not with_recipe(config, BOTH, train_text_encoder=False).train_text_encoder  # the caller's word wins
     with pytest.raises(KeyError, match="choose one of"):
         with_recipe(config, "lr 1e-3")
     assert run_dir("with prior", 0) != run_dir("with prior", 0, BOTH)
+
+
+def test_the_sweep_leaves_out_the_combined_recipe_and_refuses_a_recipe_of_its_own(capsys):
+    from dreambooth_nb.toyworld.experiments import BOTH, RECIPES, SWEEP_RECIPES, main
+
+    assert BOTH not in SWEEP_RECIPES and set(SWEEP_RECIPES) | {BOTH} == set(RECIPES)
+    with pytest.raises(SystemExit):
+        main(["--sweep", "--recipe", BOTH])
+    assert "--sweep trains every recipe" in capsys.readouterr().err

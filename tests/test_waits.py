@@ -35,6 +35,15 @@ def test_a_failed_wait_records_nothing():
     assert waits.last_seconds("train step") is None
 
 
+def test_a_failed_wait_ends_its_counter_line_so_the_error_starts_on_its_own(capsys, monkeypatch):
+    monkeypatch.setattr(waits, "counter_can_redraw", lambda: True)
+    with pytest.raises(RuntimeError):
+        with waits.said_wait("training in a fresh process", "fresh"):
+            raise RuntimeError("exit status 2")
+    err = capsys.readouterr().err
+    assert err.endswith("\r  training in a fresh process: stopped after 0 s\n"), err
+
+
 def test_seconds_go_on_the_progress_bar_when_there_is_one(capsys):
     import time
 
@@ -84,9 +93,13 @@ def test_in_a_notebook_the_counter_is_one_output_updated_in_place(capsys, monkey
 
     monkeypatch.setattr(waits, "counter_can_redraw", lambda: True)
     monkeypatch.setattr(viz, "in_notebook", lambda: True)
-    monkeypatch.setattr("IPython.display.display", lambda *a, **k: Handle())
+    def display(*args, **kwargs):  # the real display returns a handle only when asked for one
+        return Handle() if kwargs.get("display_id") is True else None
+
+    monkeypatch.setattr("IPython.display.display", display)
     with waits.said_wait("compiling the sampler", "sampling: notebook"):
         time.sleep(0.2)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\r" not in err, err  # the start line only
-    assert shown[0].strip().startswith("compiling the sampler: ") and shown[-1].strip() == "compiling the sampler: done in 0 s"
+    assert len(shown) >= 2 and shown[0].strip() == "compiling the sampler: 0 s", shown  # a tick, then the end
+    assert shown[-1].strip() == "compiling the sampler: done in 0 s"

@@ -32,7 +32,7 @@ def results_dir() -> Path:
 
 
 def show_committed(name: str = "sweep"):
-    """A committed figure of the toy world's results (for example 'sweep', 'payoff', 'schedule-before'), as a
+    """A committed figure of the toy world's results (for example 'sweep', 'experiments', 'schedule-before'), as a
     notebook image."""
     from IPython.display import Image
 

@@ -47,8 +47,11 @@ def expectation(key: str, first_time: str) -> str:
 
 
 def counter_can_redraw() -> bool:
-    """True where a "\\r" line can be drawn over (a terminal, a notebook); in a log file every tick would add text."""
-    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+    """True where a line can be drawn over (a notebook's display, a terminal's "\\r"); in a log file every tick would
+    add text."""
+    from .viz import in_notebook
+
+    return in_notebook() or bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class LiveLine:
@@ -97,15 +100,19 @@ def said_wait(what: str, key: str, bar=None, first_time: str = "the first time h
             else:
                 line.show(f"  {seconds}")
 
-    ticker = threading.Thread(target=tick, daemon=True) if bar is not None and show or line is not None else None
+    ticker = threading.Thread(target=tick, daemon=True) if (show and bar is not None) or line is not None else None
     if ticker is not None:
         ticker.start()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         done.set()
         if ticker is not None:
             ticker.join(timeout=2 * TICK_SECONDS)
+        if line is not None and not finished:  # the counter's line ends, so the error starts on its own line
+            line.finish(f"  {what}: stopped after {time.perf_counter() - start:.0f} s")
     seconds = time.perf_counter() - start
     remember_seconds(key, seconds)
     if line is not None:

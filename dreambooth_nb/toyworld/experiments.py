@@ -78,8 +78,8 @@ def train_toy(prior: bool, seed: int = 0, progress: bool = True, recipe: str = C
     from ..train import train_dreambooth
 
     name = "with prior" if prior else "no prior"
-    config = toy_dreambooth_config(prior, output_dir=str(run_dir(name, seed, recipe)), seed=seed, **changes)
-    train_dreambooth(with_recipe(config, recipe, progress), progress=progress)
+    config = toy_dreambooth_config(prior, output_dir=str(run_dir(name, seed, recipe)), seed=seed)
+    train_dreambooth(with_recipe(config, recipe, progress, **changes), progress=progress)
     return Path(config.output_dir)
 
 
@@ -136,9 +136,7 @@ def run_experiments(seeds=evaluate.SEEDS, progress: bool = True, recipe: str = C
     result = Experiments({name: [] for name in MODELS}, recipe)
     for seed in seeds:
         for name, prior in MODELS.items():
-            swap_weights(pipe, base)  # a run that trains only the UNet keeps the base text encoder
-            if prior is not None:
-                swap_weights(pipe, train_toy(prior, seed, progress, recipe, **changes))
+            swap_weights(pipe, base if prior is None else train_toy(prior, seed, progress, recipe, **changes))
             result.runs[name].append(toy_dreambooth_scores(pipe, seed))
     swap_weights(pipe, base)
     return result
@@ -207,13 +205,15 @@ RECIPES = {
     BOTH: {"train_text_encoder": True},
 }
 JUDGED = (FILTERED, BOTH)  # the recipes whose class images are the judged plain stars
+SWEEP_RECIPES = tuple(r for r in RECIPES if r != BOTH)  # BOTH combines the sweep's two best: measured on its own
 
 
-def with_recipe(config, recipe: str, progress: bool = True):
-    """`config` changed as `recipe` says (a with-prior run of a JUDGED recipe learns from judged class images)."""
+def with_recipe(config, recipe: str, progress: bool = True, **changes):
+    """`config` changed as `recipe` says, then by `changes` (the caller's values win); a with-prior run of a JUDGED
+    recipe learns from judged class images."""
     if recipe not in RECIPES:
         raise KeyError(f"unknown recipe {recipe!r}: choose one of {', '.join(map(repr, RECIPES))}")
-    config = dataclasses.replace(config, **RECIPES[recipe])
+    config = dataclasses.replace(config, **{**RECIPES[recipe], **changes})
     if recipe in JUDGED and config.with_prior_preservation:
         folder, count = judged_class_images(config, config.num_class_images, progress)
         config = dataclasses.replace(config, class_data_dir=str(folder), num_class_images=count)
@@ -320,7 +320,7 @@ def finished_run(config) -> bool:
             and (Path(config.output_dir) / f"checkpoint-{config.max_train_steps}").is_dir())
 
 
-def sweep(recipes=tuple(RECIPES), seeds=evaluate.SEEDS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
+def sweep(recipes=SWEEP_RECIPES, seeds=evaluate.SEEDS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
           progress: bool = True, save_to: Path | None = None) -> Sweep:
     """Train each recipe once per seed, keeping a checkpoint every `every` steps, and score each checkpoint
     (save_to: a JSON file rewritten after each run, so an interrupted sweep keeps what it measured)."""
@@ -338,7 +338,6 @@ def sweep(recipes=tuple(RECIPES), seeds=evaluate.SEEDS, max_steps: int = SWEEP_S
             if not finished_run(config):  # a rerun after an interruption only scores what it already trained
                 train_dreambooth(config, progress=progress)
             for step in result.cells[recipe]:
-                swap_weights(pipe, base)  # a recipe that trains only the UNet leaves the base text encoder in place
                 swap_weights(pipe, Path(config.output_dir) / f"checkpoint-{step}")
                 result.cells[recipe][step].append(toy_dreambooth_scores(pipe, seed))
             if save_to is not None:
@@ -375,8 +374,9 @@ def committed_sweep() -> "SweepTable":
     return SweepTable({recipe: {int(steps): runs for steps, runs in row.items()} for recipe, row in cells.items()})
 
 
-def results_name(recipe: str = CHAPTER_RECIPE) -> str:
-    """The stem of the committed results of `experiments --recipe`: experiments (chapter 06's), experiments-<recipe>."""
+def results_name(recipe: str) -> str:
+    """The stem of the results of `experiments --recipe` (table, JSON, figure): experiments (chapter 06's recipe),
+    experiments-<recipe>."""
     return "experiments" if recipe == CHAPTER_RECIPE else f"experiments-{slug(recipe)}"
 
 
@@ -408,14 +408,17 @@ def main(argv=None):
     matplotlib.use("Agg")
     runtime.setup(show=False)
     out = Path(args.results) if args.results else results_dir()
+    if args.sweep and args.recipe != CHAPTER_RECIPE:
+        parser.error("--sweep trains every recipe of the sweep; --recipe chooses the one recipe of an experiment")
     if args.sweep:
+        name = "sweep"
         result = sweep(seeds=args.seeds, save_to=out / "sweep.json", **({"max_steps": args.steps} if args.steps else {}))
-        save_atomic(result.contact_sheet(), out / "sweep.png")
+        figure = result.contact_sheet()
     else:
+        name = results_name(args.recipe)
         result = run_experiments(args.seeds, recipe=args.recipe, **({"max_train_steps": args.steps} if args.steps else {}))
-    name = "sweep" if args.sweep else results_name(args.recipe)
-    if not args.sweep:
-        save_atomic(result.figure(), out / f"{'payoff' if args.recipe == CHAPTER_RECIPE else name}.png")
+        figure = result.figure()
+    save_atomic(figure, out / f"{name}.png")
     write_json_atomic(out / f"{name}.json", result.to_json())
     table = result.table(detail=True)
     (out / f"{name}.txt").write_text(f"{table}\n", encoding="utf-8")
