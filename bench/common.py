@@ -83,7 +83,8 @@ def time_calls(call, repeats: int = 3) -> dict:
 
 def worker_args(argv=None) -> argparse.Namespace:
     """The flags both workers take: which task (train: full fine-tuning step; lora: the same step training rank-4
-    adapters only; sample), which model and photos, the batch, prior preservation, sampling steps."""
+    adapters only; sample), which model and photos, the batch, prior preservation, sampling steps; and the memory
+    levers bench/memory_levers.py compares (the resolution, gradient checkpointing, fp16)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("task", choices=["train", "lora", "sample"])
     parser.add_argument("--model", required=True)
@@ -91,4 +92,7 @@ def worker_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prior", action="store_true")
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's own size)")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="MindSpore side only")
+    parser.add_argument("--fp16", action="store_true", help="MindSpore side only: the engine's Ascend fp16 recipe")
     return parser.parse_args(argv)

@@ -304,7 +304,7 @@ def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), *, pipe=None, seed: in
         if finished_run_of(config) and rank == config.lora_rank:
             run = config
         else:
-            train_lora(run, progress=False)
+            train_lora(run)
         merge_adapters(pipe, run.output_dir)
         try:
             scores = toy_dreambooth_scores(pipe, seed)

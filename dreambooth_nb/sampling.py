@@ -257,13 +257,16 @@ def guidance_sweep(pipe, prompts: Sequence[str], scales: Sequence[float] = (0.0,
     without the prompt, as the formula says. (mindone's pipeline switches guidance off for scale <= 1 and draws the
     prompt's picture instead, so there scale 0 looks exactly like scale 1.)
     """
-    from .common.viz import show_images
+    from .common.viz import progress_bar, show_images
 
     images, titles = [], []
+    bar = progress_bar(len(prompts) * len(scales), "sampling with the guided step", unit="picture")
     for prompt in prompts:
         for scale in scales:
             images.append(sample_by_hand(pipe, prompt, seed, num_inference_steps, guidance_scale=scale)[0])
+            bar.update()
             titles.append(f"scale {scale:g}" + ("\n(no prompt)" if scale == 0 else "") + (f"\n{prompt}" if scale == scales[0] else ""))
+    bar.close()
     return show_images(images, titles=titles, ncols=len(scales), scale=1.6)
 
 

@@ -28,7 +28,7 @@ SAMPLE_BATCH = 4  # pictures per compiled sampling call (a short batch is padded
 # ---------------------------------------------------------------------------- the toy world's DreamBooth recipe
 TOY_LEARNING_RATE = 1e-4  # full fine-tuning of the toy model (chapters 04-07, make demo); LoRA takes 10x
 # (full profile, test profile) pairs: chapter 06's runs and what is judged of them per seed and model
-TOY_STEPS = (300, 80)
+TOY_STEPS = (300, 20)
 TOY_CLASS_IMAGES = (48, 24)
 TOY_JUDGED = ({"n": 16, "per_context": 8}, {"n": 8, "per_context": 4})
 TOY_FOLLOWING = ({"n": 100}, {"n": 40, "per_shape": 4})

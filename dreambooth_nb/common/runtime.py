@@ -276,8 +276,14 @@ def speed_check(unet, batch: int = 2, repeats: int = 3) -> SpeedCheck:
         fn(latents, steps, text)[0].asnumpy()
         return time.perf_counter() - start
 
-    compile_s = seconds(unet)
+    from .waits import said_wait
+
+    shape = f"UNet {size} px, batch {batch}"
+    with said_wait("compiling the UNet's forward pass", f"speed check, compile: {shape}"):
+        compile_s = seconds(unet)
     compiled = min(seconds(unet) for _ in range(repeats))
-    seconds(unet.construct)  # the first eager call also initialises kernels
-    eager = seconds(unet.construct)
+    with said_wait("the same forward pass op by op (PyNative), twice", f"speed check, eager: {shape}",
+                   first_time="the first time here: up to a minute on a CPU"):
+        seconds(unet.construct)  # the first eager call also initialises kernels
+        eager = seconds(unet.construct)
     return SpeedCheck(tuple(latents.shape), compile_s, compiled * 1e3, eager * 1e3)
