@@ -2,11 +2,13 @@
 files left intact). Checkpoint damage, locks and earlier runs are in test_train_units.py; the random kill
 sweep is bench/faults.py."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,36 @@ def test_make_lab_runs_as_root():
     shell = done.stdout.strip().splitlines()[-1]
     assert "--allow-root" in subprocess.run(["bash", "-c", f"echo {shell.split('notebooks/', 1)[1]}"],
                                             capture_output=True, text=True).stdout
+
+
+def test_a_child_run_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    """A training run started from a notebook (a fresh process, msrun) must not outlive a kernel that is SIGKILLed
+    (the out-of-memory killer, a forced restart): it is sent SIGTERM, which the commands turn into save-and-stop."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signals are a Linux feature")
+    marker = tmp_path / "child-got-sigterm"
+    child = ("import signal, sys, time, pathlib\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).write_text('1'), sys.exit(0)))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    parent = ("import subprocess, sys, time\n"
+              "from dreambooth_nb.common.commands import ends_with_this_process\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True,\n"
+              "                         preexec_fn=ends_with_this_process())\n"
+              "print(child.pid, child.stdout.readline().strip(), flush=True)\n"
+              "time.sleep(60)\n")
+    started = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        child_pid, said = started.stdout.readline().split()
+        assert said == "ready"
+        started.kill()  # SIGKILL: the parent can do nothing about it
+        started.wait(10)
+        for _ in range(100):
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "the child was not told that its parent died"
+    finally:
+        started.kill()
+        with contextlib.suppress(ProcessLookupError, ValueError, NameError):
+            os.kill(int(child_pid), signal.SIGKILL)

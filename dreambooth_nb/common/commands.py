@@ -145,6 +145,33 @@ def record_early_signals() -> None:
     signal.siginterrupt(signal.SIGTERM, False)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def ends_with_this_process(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` for a child this process starts (a training run, msrun): on Linux the child gets `signum`
+    (SIGTERM: a training command saves a checkpoint and stops) when this process dies by any means, the
+    out-of-memory killer or a killed notebook kernel included; no orphan goes on training and holding the
+    folder's lock. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes, prctl.restype = [ctypes.c_int, ctypes.c_ulong], ctypes.c_int
+    parent = os.getpid()
+
+    def arm() -> None:  # runs in the child between fork and exec: nothing here may import or take a lock
+        prctl(PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the parent died before the request was made
+            os._exit(EXIT_INTERRUPTED)
+
+    return arm
+
+
 def stop_on_sigterm(signum, frame) -> None:
     """SIGTERM handler: stop like Ctrl-C (the trainer then writes a checkpoint of the step it finished)."""
     raise KeyboardInterrupt(f"signal {signum}")

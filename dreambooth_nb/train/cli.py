@@ -161,6 +161,7 @@ def run_in_fresh_process(config) -> dict:
     import subprocess
     from pathlib import Path
 
+    from ..common.commands import ends_with_this_process
     from ..common.errors import UserError
     from ..common.waits import said_wait
     from .engine import RESOURCES_FILE
@@ -170,7 +171,8 @@ def run_in_fresh_process(config) -> dict:
     key = f"fresh process: {config.COMMAND} {config.resolution} px, {config.max_train_steps} steps"
     with said_wait("training in a fresh process (start, compile, train, save)", key,
                    first_time="the first time here: a minute or more on a CPU"):
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              preexec_fn=ends_with_this_process())
         if done.returncode != 0:  # inside the wait: a run that failed is not remembered as how long a run takes
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise UserError(f"`{config.command()}` failed with exit status {done.returncode}:\n{tail}")

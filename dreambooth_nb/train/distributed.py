@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,14 +108,16 @@ def run_msrun(config, workers: int = 2, log_dir: str | os.PathLike | None = None
         env["HF_TOKEN"] = config.hub_token
     env.pop("MS_ROLE", None)
     command[0] = str(Path(bin_dir) / "msrun")
+    from ..common.commands import ends_with_this_process
     from ..common.waits import said_wait
 
     start = time.perf_counter()
     with said_wait(f"msrun: {workers} workers start, compile the step and train",
                    f"msrun: {workers} workers, {config.resolution} px, {config.max_train_steps} steps",
                    first_time="the first time here: a minute or two on a CPU"):
+        # if this process dies, msrun is sent Ctrl-C: the one signal on which it stops its workers and scheduler
         done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                              check=False)
+                              check=False, preexec_fn=ends_with_this_process(signal.SIGINT))
     result = MsrunResult(done.returncode, read_digests(output_dir), log_dir, time.perf_counter() - start)
     if done.returncode != 0:
         raise RuntimeError(f"msrun exited with code {done.returncode}; worker logs in {log_dir}:\n{result.log_tail()}")
