@@ -388,11 +388,13 @@ def background_probe(pipe, thing: str = "red circle", words: Sequence[str] = ("w
 
 def denoising_trajectory(pipe, prompt: str, seed: int = defaults.SEED, num_inference_steps: int | None = None,
                          columns: int = 6):
-    """What the model believes the picture is, at a few steps of sampling (noise first, the result last); the figure."""
+    """Draw what the model believes the picture is at a few steps of sampling (the first step's guess first, the
+    sample last); returns those pictures."""
     from .common.viz import show_images
 
     steps = num_inference_steps or defaults.inference_steps()
     final, kept = sample_by_hand(pipe, prompt, seed, steps, keep_every=max(1, steps // (columns - 1)))
     images = [im for _, im in kept][:columns - 1] + [final]
     titles = [f"step {i} of {steps}\n(predicted)" for i, _ in kept][:columns - 1] + [f"step {steps}: the sample"]
-    return show_images(images, titles=titles, ncols=len(images), scale=1.6, suptitle=prompt)
+    show_images(images, titles=titles, ncols=len(images), scale=1.6, suptitle=prompt)
+    return images
