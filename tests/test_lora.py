@@ -6,6 +6,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
+import dreambooth_nb as db
 from dreambooth_nb import train_lora as cli
 from dreambooth_nb.train import cli as train_cli
 from dreambooth_nb.common import runtime
@@ -32,6 +33,15 @@ def test_every_reference_lora_flag_is_parsed_with_its_default():
         if name not in NOT_IN_LORA:
             assert getattr(config, name) == value, name
     assert config.command().startswith("python -m dreambooth_nb.train_lora")
+
+
+@pytest.mark.parametrize("name", NOT_IN_LORA)
+def test_a_lora_setting_its_command_lacks_is_refused_so_the_printed_command_is_the_run(name):
+    value = {"validation_steps": 7, "validation_scheduler": "DDPMScheduler", "snr_gamma": 5.0}.get(name, True)
+    config = LoraTrainConfig(output_dir="out").replace(**{name: value})
+    with pytest.raises(db.ConfigError, match=f"has no --{name}"):
+        config.validate()
+    LoraTrainConfig(output_dir="out").validate()  # at its default it is fine
 
 
 def test_bad_lora_flags_stop_before_any_work(tmp_path, capsys):

@@ -539,6 +539,13 @@ def _check_unsupported(c: TrainConfig) -> list[str]:
     return out
 
 
+def _check_offered(c: TrainConfig) -> list[str]:
+    """A setting the command line has no flag for stays at its default: else `command()` would train another run."""
+    return [f"{f.name}={getattr(c, f.name)!r}: `python -m {c.COMMAND}` has no --{f.name} (nor has the reference "
+            f"script), so the printed command would train another run; leave it at {_default(f)!r}"
+            for f in fields(c) if not f.metadata.get("offered", True) and getattr(c, f.name) != _default(f)]
+
+
 def _check_distributed(c: TrainConfig) -> list[str]:
     from .runtime import launched_by_launcher
 
@@ -550,7 +557,7 @@ def _check_distributed(c: TrainConfig) -> list[str]:
 
 
 _CHECKS = (_check_finite, _check_ranges, _check_resolution, _check_choices, _check_prior, _check_prompts,
-           _check_text_encoder, _check_paths, _check_unsupported, _check_distributed)
+           _check_text_encoder, _check_paths, _check_unsupported, _check_offered, _check_distributed)
 
 
 LORA_LR_FACTOR = 10  # LoRA's learning rate over full fine-tuning's in the same recipe (adapters start at zero)
