@@ -223,7 +223,8 @@ def test_make_lab_runs_as_root():
 
 def test_a_child_run_stops_when_the_process_that_started_it_is_killed(tmp_path):
     """A training run started from a notebook (a fresh process, msrun) must not outlive a kernel that is SIGKILLed
-    (the out-of-memory killer, a forced restart): it is sent SIGTERM, which the commands turn into save-and-stop."""
+    (the out-of-memory killer, a forced restart): it is sent the signal asked for (SIGTERM, which the commands turn
+    into save-and-stop; msrun gets Ctrl-C, on which it stops its workers)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("parent-death signals are a Linux feature")
     marker = tmp_path / "child-got-sigterm"

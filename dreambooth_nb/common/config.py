@@ -541,9 +541,10 @@ def _check_unsupported(c: TrainConfig) -> list[str]:
 
 def _check_offered(c: TrainConfig) -> list[str]:
     """A setting the command line has no flag for stays at its default: else `command()` would train another run."""
-    return [f"{f.name}={getattr(c, f.name)!r}: `python -m {c.COMMAND}` has no --{f.name} (nor has the reference "
+    offered, changed = {f.name for f in offered_fields(c)}, c.changed()
+    return [f"{f.name}={changed[f.name]!r}: `python -m {c.COMMAND}` has no --{f.name} (nor has the reference "
             f"script), so the printed command would train another run; leave it at {_default(f)!r}"
-            for f in fields(c) if not f.metadata.get("offered", True) and getattr(c, f.name) != _default(f)]
+            for f in fields(c) if f.name in changed and f.name not in offered]
 
 
 def _check_distributed(c: TrainConfig) -> list[str]:
