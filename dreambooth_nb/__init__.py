@@ -37,7 +37,7 @@ _EXPORTS = {
     "tutorial_config": "common.config", "toy_dreambooth_config": "common.config", "playground_config": "common.config",
     "resolve_model": "common.assets", "subject_photos_dir": "common.assets", "portrait_photo": "common.assets",
     "tiny_model_path": "common.assets", "training_settings": "common.assets",
-    "toy_pretraining_captions": "common.assets", "show_code": "common.viz",
+    "toy_pretraining_captions": "common.assets", "load_judge": "common.judge", "show_code": "common.viz",
     "show_images": "common.viz", "mean_difference": "common.viz", "image_grid": "common.viz", "plot_loss": "common.viz", "LivePlot": "common.viz",
     # 01
     "list_images": "data", "load_rgb": "data", "DataError": "data", "get_instance_photos": "data",
@@ -68,7 +68,7 @@ _EXPORTS = {
     "train_toy": "toyworld.experiments", "payoff_figure": "toyworld.experiments",
     "show_committed": "common.assets", "committed_table": "toyworld.experiments", "runs_table": "toyworld.experiments",
     "committed_sweep": "toyworld.experiments", "committed_prompt_following": "toyworld.experiments",
-    "class_scores": "toyworld.evaluate", "load_judge": "toyworld.judge",
+    "class_scores": "toyworld.evaluate",
     # 07
     "TrainPanel": "widgets", "GeneratePanel": "widgets", "ExperimentLog": "widgets", "playground": "widgets",
     # 08

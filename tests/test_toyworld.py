@@ -8,7 +8,7 @@ import pytest
 
 from dreambooth_nb.common import scenes
 from dreambooth_nb.common.assets import toy_world_dir
-from dreambooth_nb.toyworld import judge
+from dreambooth_nb.common import judge
 
 
 def test_generator_is_deterministic_from_the_seed():
@@ -78,7 +78,7 @@ def test_subject_is_not_in_the_pretraining_data():
 
 
 def test_subject_photos_vary_like_casual_photos_and_leave_new_contexts_for_later():
-    from dreambooth_nb.toyworld import judge
+    from dreambooth_nb.common import judge
 
     photos = scenes.subject_scenes(5)
     assert len({s.background for s in photos}) == 5

@@ -181,5 +181,5 @@ bit across machines (thread scheduling in CPU kernels).
 ## Judge
 `judge.npz`: softmax regression over the object's silhouette (shape), trained on generator pictures (30 % of them
 striped); colour, pattern, background, size and place are measured from the pixels. On fresh generator pictures it
-reads every attribute right at least 98 % of the time (`tests/test_toyworld.py`). See `dreambooth_nb/toyworld/judge.py`.
+reads every attribute right at least 98 % of the time (`tests/test_toyworld.py`). See `dreambooth_nb/common/judge.py`.
 """

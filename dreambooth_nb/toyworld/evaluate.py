@@ -15,7 +15,7 @@ import numpy as np
 
 from ..common import defaults, scenes
 from ..common.tables import Table
-from . import judge as judging
+from ..common import judge as judging
 
 MODEL = defaults.TOY_MODEL
 SEEDS = (0, 1, 2)

@@ -145,7 +145,7 @@ def run_experiments(seeds=evaluate.SEEDS, progress: bool = True, recipe: str = C
 # ------------------------------------------------------------------ one figure for the payoff
 def judged_ok(scores: dict) -> dict[str, list[bool]]:
     """Per picture of a dreambooth_scores result: did the judge find what was asked?"""
-    from .judge import load_judge
+    from ..common.judge import load_judge
 
     judge = load_judge()
     out = {"subject": [v.is_subject for v in judge.read(scores["images"]["subject"])]}
@@ -228,7 +228,7 @@ def judged_class_images(config, wanted: int, progress: bool = True) -> tuple[Pat
     from ..data import load_rgb
     from ..prior import ensure_class_images, usable_class_images
     from ..train.engine import load_sd
-    from .judge import load_judge
+    from ..common.judge import load_judge
 
     folder = Path(f"{config.class_data_dir}-judged-plain")
     kept = usable_class_images(folder)

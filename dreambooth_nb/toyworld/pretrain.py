@@ -247,7 +247,7 @@ def decode_latents(vae, latents: np.ndarray, batch: int = 250) -> np.ndarray:
 def vae_round_trip_agreement(vae, n: int = 500, seed: int = 77) -> dict[str, float]:
     """How often the judge still reads every attribute after pictures go through the VAE and back (and the subject,
     drawn in fresh contexts at every size)."""
-    from . import judge
+    from ..common import judge
 
     images, _, made = scenes.dataset(n, seed)
     own = set(scenes.SUBJECT_COLOURS)
@@ -390,7 +390,7 @@ def scaled_latents(components: Components, images: np.ndarray, out: Path, keep_s
 def main(argv=None) -> Path:
     """Pretrain (resuming from out/ when interrupted), save the model and the judge, write the model card."""
     from ..sampling import save_pipeline
-    from . import judge
+    from ..common import judge
 
     args = parse_args(argv)
     out = Path(args.out)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..common import scenes
-from ..common.scenes import as_array, background_name, border_colour
-from ..common.errors import MissingFileError
+from . import scenes
+from .scenes import as_array, background_name, border_colour
+from .errors import MissingFileError
 
 MASK_SIZE = 12
 THRESHOLD = 0.18  # RGB distance (0-1 scale) above which a pixel belongs to the object
@@ -203,12 +203,12 @@ def train_judge(n: int = 8000, seed: int = 99, steps: int = 600, lr: float = 2.0
 
 def load_judge(path: str | Path | None = None) -> Judge:
     """The committed judge (assets/toyworld/judge.npz) or one saved at `path`."""
-    from ..common.assets import toy_world_dir
+    from .assets import toy_world_dir
 
     path = Path(path) if path else toy_world_dir() / "judge.npz"
     if not path.is_file():
         raise MissingFileError(f"No judge weights at {path}. Train them with "
-                                f"`python -c 'from dreambooth_nb.toyworld import judge; judge.train_judge().save(\"{path}\")'`.")
+                                f"`python -c 'from dreambooth_nb.common import judge; judge.train_judge().save(\"{path}\")'`.")
     return Judge.load(path)
 
 
