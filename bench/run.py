@@ -3,6 +3,9 @@
     python bench/run.py --torch-python .venv-bench/bin/python            # train step, LoRA step, sampling
     python bench/run.py --only lora --batches 1 2                        # LoRA step vs diffusers + PEFT
     python bench/run.py --only sample --repeats 3
+    python bench/run.py --only big                                       # train step with a 142 M-parameter UNet
+
+Each row is held against its target (TARGETS); the run exits with status 1 when one is missed.
 
 Every case runs each framework in its own fresh process, alternating which goes first, `--repeats` times,
 so both see the same machine state; the table reports medians and the MindSpore/PyTorch ratio (<= 1.0 means
@@ -24,6 +27,13 @@ ROOT = HERE.parent
 OUT = ROOT / "outputs" / "bench"
 
 
+# (what the case name starts with, target ratio MindSpore/PyTorch of steady seconds); a toy train step's peak RSS is
+# held to at most RSS_TARGET x PyTorch's, and every MindSpore first step to FIRST_TARGET_S seconds
+TARGETS = (("train step, 142 M", 1.5), ("train step", 1.3), ("LoRA step", 1.3), ("sampling", 1.1))
+RSS_TARGET = 2.0
+FIRST_TARGET_S = 3.0
+
+
 def prepare(model: str) -> tuple[str, str, str]:
     """(MindSpore model folder, PyTorch-loadable copy, photos folder)."""
     sys.path.insert(0, str(HERE))
@@ -38,14 +48,29 @@ def prepare(model: str) -> tuple[str, str, str]:
     return ms_model, str(pt_model), str(db.subject_photos_dir())
 
 
-def run_worker(python: str, worker: str, args: list[str]) -> dict:
+def run_worker(python: str, worker: str, args: list[str], threads: int | None = None) -> dict:
     # passive OpenMP waiting: with spinning threads PyTorch's steps jump to seconds whenever another process is busy
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "GLOG_v": "3", "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([python, str(HERE / worker), *args], capture_output=True, text=True, env=env, cwd=HERE)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{worker} {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def fastest_torch_threads(torch_python: str, model: str, photos: str, sample: bool = True) -> int:
+    """PyTorch's faster thread count on this machine for this model (one or every core), from its train step and
+    (sample) its sampling: on some virtual machines two threads make small ops several times slower, and the
+    comparison is with PyTorch at its best."""
+    probes = [["train", "--batch", "1"]] + ([["sample", "--steps", "25"]] if sample else [])
+    seconds = {n: sum(run_worker(torch_python, "torch_worker.py", case + ["--model", model, "--photos", photos], n)["steady_s"]
+                      for case in probes) for n in sorted({1, os.cpu_count() or 1})}
+    best = min(seconds, key=seconds.get)
+    print(f"PyTorch threads for {Path(model).name}: " + ", ".join(f"{n}: {t:.3f} s" for n, t in seconds.items())
+          + f" ({' + '.join(p[0] for p in probes)}); running with {best}", flush=True)
+    return best
 
 
 def cases(only: str, batches: list[int]) -> list[tuple[str, list[str]]]:
@@ -59,6 +84,19 @@ def cases(only: str, batches: list[int]) -> list[tuple[str, list[str]]]:
                 out.append((name, [task, "--batch", str(batch)] + (["--prior"] if prior else [])))
     if only in ("all", "sample"):
         out.append(("sampling, 25 PNDM steps, 1 image", ["sample", "--steps", "25"]))
+    if only in ("all", "big"):
+        out.append(("train step, 142 M UNet, 64 px, batch 1 + prior", ["train", "--batch", "1", "--prior", "--big"]))
+    return out
+
+
+def verdicts(row: dict) -> list[tuple[str, bool]]:
+    """(what was held against which target, met) for one row."""
+    target = next(t for prefix, t in TARGETS if row["case"].startswith(prefix))
+    out = [(f"ratio {row['ratio']:.2f} <= {target}", row["ratio"] <= target),
+           (f"first step {row['ms_first_s']:.1f} s <= {FIRST_TARGET_S:g} s", row["ms_first_s"] <= FIRST_TARGET_S)]
+    if row["case"].startswith("train step, batch"):
+        rss = row["ms_rss_mb"] / row["pt_rss_mb"]
+        out.append((f"peak RSS {rss:.2f}x <= {RSS_TARGET:g}x", rss <= RSS_TARGET))
     return out
 
 
@@ -70,20 +108,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     parser.add_argument("--model", default=None, help="model both sides load (default: dreambooth_nb's default)")
-    parser.add_argument("--only", choices=["all", "train", "lora", "sample"], default="all")
+    parser.add_argument("--only", choices=["all", "train", "lora", "sample", "big"], default="all")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     args.torch_python = os.path.abspath(args.torch_python)  # workers run with cwd=bench/
     OUT.mkdir(parents=True, exist_ok=True)
     ms_model, pt_model, photos = prepare(args.model)
+    threads = fastest_torch_threads(args.torch_python, pt_model, photos)
     rows = []
     for name, case in cases(args.only, args.batches):
+        models, case_threads = (ms_model, pt_model), threads
+        if "--big" in case:
+            models = prepare_big(ms_model)
+            case_threads = fastest_torch_threads(args.torch_python, models[1], photos, sample=False)
+            case = [c for c in case if c != "--big"]
         ms_runs, pt_runs = [], []
         for r in range(args.repeats):
-            order = [("ms", sys.executable, "ms_worker.py", ms_model), ("pt", args.torch_python, "torch_worker.py", pt_model)]
+            order = [("ms", sys.executable, "ms_worker.py", models[0]), ("pt", args.torch_python, "torch_worker.py", models[1])]
             for side, python, worker, model in (order if r % 2 == 0 else order[::-1]):
-                result = run_worker(python, worker, case + ["--model", model, "--photos", photos])
+                result = run_worker(python, worker, case + ["--model", model, "--photos", photos],
+                                    case_threads if side == "pt" else None)
                 (ms_runs if side == "ms" else pt_runs).append(result)
         row = {
             "case": name,
@@ -92,27 +137,44 @@ def main() -> None:
             "ms_rss_mb": median(ms_runs, "peak_rss_mb"), "pt_rss_mb": median(pt_runs, "peak_rss_mb"),
         }
         row["ratio"] = round(row["ms_steady_s"] / row["pt_steady_s"], 2)
+        row["pt_threads"] = case_threads
         for side, runs in (("ms", ms_runs), ("pt", pt_runs)):  # the same count on both sides: the same step is timed
             if "trained_params" in runs[0]:
                 row[f"{side}_trained_params"] = runs[0]["trained_params"]
+        row["targets"] = verdicts(row)
         rows.append(row)
         print(format_row(row), flush=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1))
     (OUT / "results.md").write_text(markdown_table(rows))
     print("\n" + markdown_table(rows))
+    missed = [f"{r['case']}: {what}" for r in rows for what, met in r["targets"] if not met]
+    print(f"{len(missed)} target(s) missed" + "".join(f"\n  {m}" for m in missed) if missed else "every target met")
+    sys.exit(1 if missed else 0)
+
+
+def prepare_big(ms_model: str) -> tuple[str, str]:
+    """(MindSpore folder, PyTorch-loadable copy) of the 142 M-parameter model (bench/big_model.py)."""
+    from big_model import big_model
+    from common import torch_loadable_copy
+
+    folder, _ = big_model(ms_model)
+    return str(folder), str(torch_loadable_copy(folder, OUT / "model-142m-pt"))
 
 
 def format_row(row: dict) -> str:
     return (f"{row['case']:<40} mindspore {row['ms_steady_s']:.3f} s  pytorch {row['pt_steady_s']:.3f} s  "
-            f"ratio {row['ratio']:.2f}  (first: {row['ms_first_s']:.1f} s vs {row['pt_first_s']:.1f} s)")
+            f"ratio {row['ratio']:.2f}  (first: {row['ms_first_s']:.1f} s vs {row['pt_first_s']:.1f} s)  "
+            + ", ".join(f"{what}: {'met' if met else 'NOT MET'}" for what, met in row["targets"]))
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| case | dreambooth_nb (MindSpore) | diffusers (PyTorch) | ratio | first call MS / PT | peak RSS MS / PT |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| case | dreambooth_nb (MindSpore) | diffusers (PyTorch, threads) | ratio | first call MS / PT | peak RSS MS / PT "
+             "| targets |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['ms_steady_s']:.3f} s | {r['pt_steady_s']:.3f} s | {r['ratio']:.2f} | "
-                     f"{r['ms_first_s']:.1f} s / {r['pt_first_s']:.1f} s | {r['ms_rss_mb']:.0f} / {r['pt_rss_mb']:.0f} MB |")
+        said = "; ".join(f"{what}: {'met' if met else '**not met**'}" for what, met in r["targets"])
+        lines.append(f"| {r['case']} | {r['ms_steady_s']:.3f} s | {r['pt_steady_s']:.3f} s ({r['pt_threads']}) | {r['ratio']:.2f} | "
+                     f"{r['ms_first_s']:.1f} s / {r['pt_first_s']:.1f} s | {r['ms_rss_mb']:.0f} / {r['pt_rss_mb']:.0f} MB "
+                     f"| {said} |")
     return "\n".join(lines) + "\n"
 
 

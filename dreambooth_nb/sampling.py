@@ -7,6 +7,7 @@ trained, a fine-tuned one, or the base model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -112,25 +113,166 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
         if latents is not None:
             given = np.asarray(latents[start:start + batch_size], np.float32)
             given = import_quietly("mindspore").Tensor(np.concatenate([given, given[:1].repeat(pad, 0)]))
-        with first_call_said(pipe, size, batch_size, guided=guidance > 1):
-            out = pipe(chunk + chunk[:1] * pad, num_inference_steps=steps, guidance_scale=guidance,
-                       negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
-                       height=size, width=size, generator=generators, latents=given, output_type="pil")
-        images += list(out[0])[:len(chunk)]
+        call = dict(num_inference_steps=steps, guidance_scale=guidance,
+                    negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
+                    height=size, width=size, generator=generators, latents=given)
+        table = loop_table(pipe, steps)
+        with first_call_said(pipe, size, batch_size, guided=guidance > 1, steps=steps if table else None):
+            if table is not None:
+                out = sample_in_one_graph(pipe, chunk + chunk[:1] * pad, table, **call)
+            else:
+                out = pipe(chunk + chunk[:1] * pad, output_type="pil", **call)[0]
+        images += list(out)[:len(chunk)]
     return images
 
 
-def first_call_said(pipe, size: int, batch_size: int, guided: bool):
-    """The first sampling call of a UNet at a picture size and batch compiles its graph: said, with how long it took
-    last time on this machine and the seconds so far; later calls go through unannounced."""
-    shape = (size, batch_size, guided)
+def first_call_said(pipe, size: int, batch_size: int, guided: bool, steps: int | None = None):
+    """The first sampling call of a UNet at a picture size and batch (and, for the loop compiled as one graph, a
+    number of steps) compiles its graph: said, with how long it took last time on this machine and the seconds so
+    far; later calls go through unannounced."""
+    shape = (size, batch_size, guided, steps)
     seen = _COMPILED_SHAPES.setdefault(pipe.unet, set())
     if shape in seen:
         return contextlib.nullcontext()
     seen.add(shape)
     model = Path(str(getattr(pipe, "name_or_path", None) or type(pipe.unet).__name__)).name
     key = f"sampling: {model} {size} px, batch {batch_size}, {'guided' if guided else 'unguided'}"
+    if steps is not None:
+        key += f", {steps} steps in one graph"
     return said_wait("compiling the sampler (first call at this size)", key)
+
+
+# ------------------------------------------------------------------ the sampling loop as one compiled graph
+# A deterministic sampler (DPM-Solver++, DDIM, PNDM, Euler) makes each step's latents a weighted sum of the starting
+# noise and the guided predictions so far, with weights that depend on the step alone. So its whole schedule is one
+# table, read off the scheduler itself by running its step on unit vectors, and the loop (UNet, guidance, sampler
+# step) compiles into one graph, where the pipeline launches some twenty small ops from Python at every step.
+# LOOP_CHECK: the largest difference allowed between the table and the scheduler on random numbers; above it (a
+# sampler that draws noise or clips) the pipeline's own loop samples.
+LOOP_CHECK = 1e-4
+_LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {dtype: its SamplingLoop}
+_TABLES: dict = {}  # (scheduler class, its config, steps) -> LoopTable or None
+
+
+@dataclass(frozen=True)
+class LoopTable:
+    """A sampler's schedule for a fixed number of steps, as numbers: for UNet call i, its timestep and the factor the
+    sampler scales its input by, and the latents before it as weights over (starting noise, prediction 0, ...,
+    prediction n-1); row n gives the final latents."""
+
+    weights: np.ndarray  # (calls + 1, calls + 1)
+    input_scales: np.ndarray  # (calls,)
+    timesteps: np.ndarray  # (calls,)
+
+
+def read_loop_table(scheduler, steps: int) -> LoopTable | None:
+    """The table of `scheduler` run for `steps` steps (on a copy: the pipeline's own is untouched), or None when the
+    sampler is not a fixed weighted sum (checked against its step on random numbers)."""
+    import mindspore as ms
+
+    def run(noise: np.ndarray, predictions) -> tuple[np.ndarray, list, list]:
+        copy = type(scheduler).from_config(scheduler.config)
+        copy.set_timesteps(steps)
+        x, rows, scales, times = ms.Tensor(noise), [], [], []
+        for i, t in enumerate(copy.timesteps):
+            rows.append(x.asnumpy())
+            scales.append(float(copy.scale_model_input(ms.Tensor(np.ones(1, np.float32)), t).asnumpy()[0]))
+            times.append(t.asnumpy() if hasattr(t, "asnumpy") else np.asarray(t))
+            x = copy.step(ms.Tensor(predictions(i)), t, x, return_dict=False)[0]
+        return np.stack(rows + [x.asnumpy()]), scales, times
+
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(steps)
+    calls = len(probe.timesteps)
+    unit = np.eye(calls + 1, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    noise, predictions = rng.standard_normal(6).astype(np.float32), rng.standard_normal((calls, 6)).astype(np.float32)
+    try:
+        weights, scales, times = run(unit[0], lambda i: unit[i + 1])
+        checked = run(noise, lambda i: predictions[i])[0]
+    except Exception:  # a sampler that needs what a probe does not give (a generator, a kernel): the pipeline samples
+        return None
+    basis = np.concatenate([noise[None], predictions])
+    if not np.allclose(weights @ basis, checked, atol=LOOP_CHECK, rtol=LOOP_CHECK):
+        return None
+    return LoopTable(weights, np.asarray(scales, np.float32), np.asarray(times))
+
+
+def loop_table(pipe, steps: int) -> LoopTable | None:
+    """The pipeline's sampler as a table (cached), or None where the loop cannot run as one graph: not a plain
+    Stable Diffusion pipeline (SDXL's extra conditioning, a test's stand-in), or a sampler that draws noise."""
+    diffusers = import_quietly("mindone.diffusers")
+    if type(pipe) is not diffusers.StableDiffusionPipeline or pipe.unet.config.time_cond_proj_dim is not None:
+        return None
+    key = (type(pipe.scheduler).__name__, json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str), steps)
+    if key not in _TABLES:
+        _TABLES[key] = read_loop_table(pipe.scheduler, steps)
+    return _TABLES[key]
+
+
+@functools.cache
+def sampling_loop_class():
+    """nn.Cell running every denoising step in one graph (defined on first use: importing the package loads no
+    MindSpore)."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class SamplingLoop(nn.Cell):
+        """The latents of each step from the table's row, the UNet's guided prediction kept for the rows after it."""
+
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def construct(self, noise, embeddings, weights, input_scales, timesteps, scale, guided: bool):
+            calls = input_scales.shape[0]
+            spread = (calls,) + (1,) * noise.ndim
+            predictions = ops.zeros(spread[:1] + noise.shape, noise.dtype)
+            i = ms.Tensor(0, ms.int32)
+            while i < calls:
+                row = weights[i]
+                latents = row[0] * noise + (row[1:].reshape(spread) * predictions).sum(0)
+                model_input = ops.cat([latents, latents]) if guided else latents
+                out = self.unet(model_input * input_scales[i], timesteps[i], encoder_hidden_states=embeddings,
+                                return_dict=False)[0]
+                if guided:
+                    uncond, cond = out.chunk(2)
+                    out = uncond + scale * (cond - uncond)
+                predictions = predictions + (ops.arange(calls) == i).astype(noise.dtype).reshape(spread) * out
+                i = i + 1
+            row = weights[calls]
+            return row[0] * noise + (row[1:].reshape(spread) * predictions).sum(0)
+
+    return SamplingLoop
+
+
+def sampling_loop(unet):
+    """The compiled loop of this UNet: one per UNet and weight type, keeping its graphs for every shape it met."""
+    dtype = next(iter(unet.get_parameters())).dtype
+    loops = _LOOPS.setdefault(unet, {})
+    if dtype not in loops:
+        loops[dtype] = sampling_loop_class()(unet)
+    return loops[dtype]
+
+
+def sample_in_one_graph(pipe, prompts: list[str], table: LoopTable, num_inference_steps: int, guidance_scale: float,
+                        negative_prompt, height: int, width: int, generator, latents) -> list:
+    """PIL pictures as the pipeline draws them (its prompt encoding, seeded noise, guidance off at scale <= 1,
+    decoding), the denoising loop run as one compiled graph."""
+    import mindspore as ms
+    from mindspore import ops
+
+    guided = guidance_scale > 1
+    positive, negative = pipe.encode_prompt(prompts, 1, guided, negative_prompt)
+    embeddings = ops.cat([negative, positive]) if guided else positive
+    pipe.scheduler.set_timesteps(num_inference_steps)  # as the pipeline does first: the noise's scale depends on it
+    noise = pipe.prepare_latents(len(prompts), pipe.unet.config.in_channels, height, width, positive.dtype,
+                                 generator, latents)
+    final = sampling_loop(pipe.unet)(noise, embeddings, ms.Tensor(table.weights, noise.dtype),
+                                     ms.Tensor(table.input_scales, noise.dtype), ms.Tensor(table.timesteps),
+                                     ms.Tensor(guidance_scale, noise.dtype), guided)
+    pixels = pipe.vae.decode((final / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * len(prompts))
 
 
 def checked_prompts_and_seeds(prompts, seeds) -> tuple[list[str], list[int]]:

@@ -101,6 +101,49 @@ def test_the_loop_written_out_draws_the_pipelines_picture(components):
     assert [step for step, _ in kept] == [0, 2, 4]
 
 
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    runtime.setup(device="CPU", show=False)
+    return infer.load_pipeline("tiny-random")
+
+
+def pipeline_pictures(pipe, prompts, seeds, steps, guidance):
+    """What mindone's own pipeline draws for these prompts and seeds (generate's generators)."""
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
+                generator=[np.random.default_rng(s) for s in seeds])[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler, guidance", [("DPMSolverMultistepScheduler", 5.0), ("PNDMScheduler", 5.0),
+                                                 ("DDIMScheduler", 1.0), ("EulerDiscreteScheduler", 5.0)])
+def test_the_loop_compiled_as_one_graph_draws_the_pipelines_pictures(tiny_pipe, scheduler, guidance):
+    """generate() runs the denoising loop as one graph from the sampler's table; the pictures are the pipeline's own
+    (to 8-bit rounding), guided or not (mindone turns guidance off at scale <= 1, and so does the loop)."""
+    pipe = sampling.with_scheduler(tiny_pipe, scheduler)
+    assert sampling.loop_table(pipe, 3) is not None
+    prompts, seeds = ["a photo of sks dog", "a dog on the beach"], [4, 5]
+    ours = sampling.generate(pipe, prompts, seeds, num_inference_steps=3, guidance_scale=guidance, batch_size=2)
+    theirs = pipeline_pictures(pipe, prompts, seeds, 3, guidance)
+    for a, b in zip(ours, theirs):
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+def test_a_sampler_that_is_not_a_fixed_weighted_sum_keeps_the_pipelines_loop(tiny_pipe):
+    """A sampler that clips its prediction (DDIM with clip_sample) or draws noise (DDPM) is not one table: its check
+    on random numbers fails and generate() lets the pipeline sample; DPM-Solver++'s table passes, row by row
+    (row 0: the starting noise alone)."""
+    import mindone.diffusers as diffusers
+
+    config = tiny_pipe.scheduler.config
+    clipping = diffusers.DDIMScheduler.from_config(config, clip_sample=True, clip_sample_range=0.5)
+    assert sampling.read_loop_table(clipping, 4) is None
+    assert sampling.read_loop_table(diffusers.DDPMScheduler.from_config(config), 4) is None
+    table = sampling.read_loop_table(diffusers.DPMSolverMultistepScheduler.from_config(config), 4)
+    assert table.weights.shape == (5, 5) and len(table.timesteps) == 4
+    np.testing.assert_allclose(table.weights[0], [1, 0, 0, 0, 0])
+    assert np.allclose(np.triu(table.weights, 1), 0)  # the latents of call i depend on predictions before i only
+
+
 def test_guidance_moves_from_the_unconditional_prediction_toward_the_prompt():
     uncond, cond = np.array([1.0, 2.0]), np.array([3.0, 1.0])
     assert np.allclose(sampling.guide(uncond, cond, 0.0), uncond)
