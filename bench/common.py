@@ -95,4 +95,6 @@ def worker_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's own size)")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="MindSpore side only")
     parser.add_argument("--fp16", action="store_true", help="MindSpore side only: the engine's Ascend fp16 recipe")
+    parser.add_argument("--pipeline_loop", action="store_true", help="MindSpore side only: sample with mindone's "
+                        "pipeline loop instead of generate()'s compiled one")
     return parser.parse_args(argv)

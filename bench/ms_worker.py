@@ -50,12 +50,18 @@ def bench_train(model: str, photos: str, batch: int, prior: bool, lora: bool = F
     return {**summarise(seconds), "trained_params": int(trained), "mean_loss": round(float(np.mean(losses)), 5)}
 
 
-def bench_sample(model: str, steps: int) -> dict:
+def bench_sample(model: str, steps: int, pipeline_loop: bool = False) -> dict:
+    """Seconds of generate() drawing one picture (as the PyTorch side), its denoising loop one compiled graph; with
+    pipeline_loop, mindone's pipeline called directly instead (its loop steps from Python: the lever off)."""
+    import numpy as np
+
     from dreambooth_nb.infer import load_pipeline
     from dreambooth_nb.sampling import generate
 
     pipe = load_pipeline(model, scheduler="PNDMScheduler")
-    # one image a call, as the PyTorch side
+    if pipeline_loop:
+        return time_calls(lambda i: pipe([INSTANCE_PROMPT], num_inference_steps=steps, guidance_scale=4.0,
+                                         generator=[np.random.default_rng(i)]))
     return time_calls(lambda i: generate(pipe, [INSTANCE_PROMPT], [i], num_inference_steps=steps, batch_size=1))
 
 
@@ -68,7 +74,7 @@ def main() -> None:
         result = bench_train(args.model, args.photos, args.batch, args.prior, lora=args.task == "lora",
                              resolution=args.resolution, checkpointing=args.gradient_checkpointing, fp16=args.fp16)
     else:
-        result = bench_sample(args.model, args.steps)
+        result = bench_sample(args.model, args.steps, args.pipeline_loop)
     report({"framework": "mindspore", **vars(args), **result})
 
 
