@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .common import defaults
 from .common.assets import is_diffusers_folder, resolve_model, training_settings
-from .common.runtime import import_quietly
+from .common.runtime import import_quietly, write_in_place
 from .sampling import generate, pipeline_from_components, remember_guidance, save_images, with_scheduler
 from .common.errors import InputError, MissingFileError
 
@@ -59,8 +59,6 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
     that trained only the UNet) comes from the base model it was trained from, as in load_pipeline, so nothing of
     the model swapped in before stays behind. Returns the names of the networks replaced.
     """
-    import mindspore as ms
-
     folder = Path(model)
     parts = {name: folder / name for name in ("unet", "text_encoder") if (folder / name / "config.json").is_file()}
     if not parts:
@@ -74,10 +72,13 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
         target = getattr(pipe, name)
         saved = type(target).from_pretrained(str(source))
         values = dict(saved.parameters_and_names())
-        by_name = {param.name: values[key] for key, param in target.parameters_and_names()}
-        not_loaded, _ = ms.load_param_into_net(target, by_name, strict_load=True)
-        if not_loaded:
-            raise InputError(f"{source} does not fit this pipeline's {name}: {not_loaded[:3]} ... missing.")
+        mismatched = [key for key, param in target.parameters_and_names()
+                      if key not in values or values[key].shape != param.shape]
+        if mismatched:
+            raise InputError(f"{source} does not fit this pipeline's {name}: {mismatched[:3]} ... missing or "
+                             f"shaped otherwise.")
+        for key, param in target.parameters_and_names():
+            write_in_place(param, values[key])
     return list(parts)
 
 

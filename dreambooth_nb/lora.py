@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import defaults
+from .common.runtime import write_in_place
 from .common.config import LoraTrainConfig, names_with
 from .common.files import share_modes, write_text_atomic
 from .common.formats import LORA_FILES
@@ -134,8 +135,6 @@ def adapted_networks(pipe) -> dict:
 def merge_adapters(pipe, adapters: str | os.PathLike, strength: float = 1.0) -> int:
     """Put W + strength·(alpha/r)·B·A into the pipeline's own weights (as fuse_lora does); returns how many weights
     changed. The compiled sampler stays as it is, so a new strength costs nothing: call it again, or unmerge."""
-    import mindspore as ms
-
     unmerge_adapters(pipe)
     base = _BASE_WEIGHTS.setdefault(pipe, {})
     count = 0
@@ -144,20 +143,18 @@ def merge_adapters(pipe, adapters: str | os.PathLike, strength: float = 1.0) -> 
         for name, update in adapter_updates(adapters, prefix).items():
             param = params[name]
             base[(prefix, name)] = param.asnumpy().copy()
-            param.set_data(ms.Tensor(base[(prefix, name)] + strength * update, dtype=param.dtype))
+            write_in_place(param, base[(prefix, name)] + strength * update)
             count += 1
     return count
 
 
 def unmerge_adapters(pipe) -> None:
     """Give the pipeline its base weights back."""
-    import mindspore as ms
-
     base = _BASE_WEIGHTS.get(pipe, {})
     nets = adapted_networks(pipe)
     for (prefix, name), value in base.items():
         param = dict(nets[prefix].parameters_and_names())[name]
-        param.set_data(ms.Tensor(value, dtype=param.dtype))
+        write_in_place(param, value)
     base.clear()
 
 

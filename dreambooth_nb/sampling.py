@@ -162,7 +162,7 @@ class LoopTable:
 
     weights: np.ndarray  # (calls + 1, calls + 1)
     input_scales: np.ndarray  # (calls,)
-    timesteps: np.ndarray  # (calls,)
+    timesteps: np.ndarray  # (calls,), float32 for every sampler: the UNet embeds them as float32, one graph serves all
 
 
 def read_loop_table(scheduler, steps: int) -> LoopTable | None:
@@ -195,7 +195,7 @@ def read_loop_table(scheduler, steps: int) -> LoopTable | None:
     basis = np.concatenate([noise[None], predictions])
     if not np.allclose(weights @ basis, checked, atol=LOOP_CHECK, rtol=LOOP_CHECK):
         return None
-    return LoopTable(weights, np.asarray(scales, np.float32), np.asarray(times))
+    return LoopTable(weights, np.asarray(scales, np.float32), np.asarray(times, np.float32))
 
 
 def loop_table(pipe, steps: int) -> LoopTable | None:

@@ -49,11 +49,19 @@ def test_trained_model_keeps_an_existing_model(components, tmp_path, monkeypatch
     assert infer.trained_model(out, progress=False) == out
 
 
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    runtime.setup(device="CPU", show=False)
+    return infer.load_pipeline("tiny-random")
+
+
 @pytest.mark.slow
-def test_compare_models_uses_the_same_prompts_and_seeds(tmp_path):
-    pipe = infer.load_pipeline("tiny-random")
+def test_compare_models_uses_the_same_prompts_and_seeds(tiny_pipe, tmp_path):
+    """(The module's one pipeline, at the step count and batch of the loop tests below: one compiled loop for all.)"""
+    pipe = sampling.with_scheduler(tiny_pipe, "DPMSolverMultistepScheduler")
     prompts = ["a photo of sks person", "a painting of sks person on the beach"]
-    comparison = infer.compare_models(pipe, pipe, prompts, seeds=[3, 4], num_inference_steps=2)
+    comparison = infer.compare_models(pipe, pipe, prompts, seeds=[3, 4], num_inference_steps=3, guidance_scale=5.0,
+                                      batch_size=2)
     assert comparison.seeds == [3, 4] and len(comparison.before) == len(comparison.after) == 2
     for before, after in zip(comparison.before, comparison.after):  # same model: same pictures
         np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
@@ -101,12 +109,6 @@ def test_the_loop_written_out_draws_the_pipelines_picture(components):
     assert [step for step, _ in kept] == [0, 2, 4]
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    runtime.setup(device="CPU", show=False)
-    return infer.load_pipeline("tiny-random")
-
-
 def pipeline_pictures(pipe, prompts, seeds, steps, guidance):
     """What mindone's own pipeline draws for these prompts and seeds (generate's generators)."""
     return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
@@ -126,6 +128,33 @@ def test_the_loop_compiled_as_one_graph_draws_the_pipelines_pictures(tiny_pipe, 
     theirs = pipeline_pictures(pipe, prompts, seeds, 3, guidance)
     for a, b in zip(ours, theirs):
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+@pytest.mark.slow
+def test_a_model_swapped_in_after_the_loop_compiled_draws_its_own_pictures(tiny_pipe, tmp_path):
+    """swap_weights (like merge_adapters and a resume) writes into the weights' own memory, so the loop compiled for
+    the model before draws the new one; Parameter.set_data would leave it drawing the old weights."""
+    from dreambooth_nb.common.runtime import write_in_place
+    from dreambooth_nb.models import load_components
+
+    pipe = sampling.with_scheduler(tiny_pipe, "DPMSolverMultistepScheduler")
+    prompts, seeds = ["a photo of sks dog", "a dog on the beach"], [4, 5]
+    before = sampling.generate(pipe, prompts, seeds, num_inference_steps=3, guidance_scale=5.0, batch_size=2)
+    other = load_components("tiny-random")
+    rng = np.random.default_rng(0)
+    for _, param in other.unet.parameters_and_names():
+        value = param.asnumpy()
+        write_in_place(param, value + 0.5 * value.std() * rng.standard_normal(value.shape))
+    sampling.save_pipeline(other, tmp_path / "other")
+    infer.swap_weights(pipe, tmp_path / "other")
+    try:
+        after = sampling.generate(pipe, prompts, seeds, num_inference_steps=3, guidance_scale=5.0, batch_size=2)
+        theirs = pipeline_pictures(pipe, prompts, seeds, 3, 5.0)  # the pipeline's own loop reads the weights as they are
+    finally:
+        infer.swap_weights(pipe, db.resolve_model("tiny-random"))
+    for a, b, old in zip(after, theirs, before):
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(old, np.int16)).mean() > 1
 
 
 def test_a_sampler_that_is_not_a_fixed_weighted_sum_keeps_the_pipelines_loop(tiny_pipe):

@@ -135,6 +135,14 @@ def import_quietly(module: str):
         return importlib.import_module(module)
 
 
+def write_in_place(param, value) -> None:
+    """Copy an array into a weight's own memory. Compiled graphs see it: Parameter.set_data swaps the memory
+    instead, and a graph with a loop compiled before (the sampler's) would go on reading the old values."""
+    import mindspore as ms
+
+    param.copy_(ms.Tensor(value, dtype=param.dtype))
+
+
 def available_device() -> str:
     """The best device MindSpore can use here: Ascend, then GPU, then CPU."""
     import mindspore as ms

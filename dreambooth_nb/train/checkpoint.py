@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.errors import InputError, MissingFileError, UserError
+from ..common.runtime import write_in_place
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -177,8 +178,6 @@ def optimizer_arrays(optimizer, nets: dict) -> dict[str, np.ndarray]:
 
 def set_parameters(params: dict, arrays: dict[str, np.ndarray], source: str) -> None:
     """Copy arrays into the parameters of the same key; every one must be there, with the same shape."""
-    import mindspore as ms
-
     missing = [key for key in params if key not in arrays]
     if missing:
         raise InputError(f"{source} lacks {len(missing)} weights (e.g. {missing[0]}): it was written for another "
@@ -187,7 +186,7 @@ def set_parameters(params: dict, arrays: dict[str, np.ndarray], source: str) -> 
         value = arrays[key]
         if tuple(value.shape) != tuple(p.shape):
             raise InputError(f"{source}: {key} has shape {value.shape}, the model expects {tuple(p.shape)}.")
-        p.set_data(ms.Tensor(value, dtype=p.dtype))
+        write_in_place(p, value)
 
 
 def set_optimizer_state(optimizer, nets: dict, arrays: dict[str, np.ndarray], source: str) -> None:

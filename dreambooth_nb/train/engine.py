@@ -201,12 +201,9 @@ class Trainer:
 
     def reset(self) -> None:
         """Forget the optimizer's state (moments, step) and any accumulated gradients: a fresh start, same graph."""
-        import mindspore as ms
-
         buffer = getattr(self.step_cell, "buffer", None) or ()
-        for p in (*self.optimizer.moments1, *self.optimizer.moments2, *buffer):
-            p.set_data(ms.Tensor(np.zeros(p.shape, np.float32), dtype=p.dtype))
-        self.optimizer.global_step.set_data(ms.Tensor(np.zeros(self.optimizer.global_step.shape, np.int32)))
+        for p in (*self.optimizer.moments1, *self.optimizer.moments2, *buffer, self.optimizer.global_step):
+            runtime.write_in_place(p, np.zeros(p.shape))
 
 
 # ------------------------------------------------------------------ what every method shares (done once, here)
