@@ -103,6 +103,11 @@ def lora_pipeline(base: str | None, adapters: str | os.PathLike):
     return pipe
 
 
+# How diffusers' LoRA file names an adapted layer's two matrices: <layer>.lora.down/up.weight in the UNet,
+# <layer>.lora_linear_layer.down/up.weight in the text encoders.
+ADAPTER_LAYER_NAMES = ("lora", "lora_linear_layer")
+
+
 def adapter_updates(adapters: str | os.PathLike, prefix: str = "unet.") -> dict[str, np.ndarray]:
     """{weight name: (alpha/r)·B·A} for every adapted weight of one network (the change LoRA makes to W)."""
     from safetensors.numpy import load_file
@@ -110,11 +115,12 @@ def adapter_updates(adapters: str | os.PathLike, prefix: str = "unet.") -> dict[
     state = load_file(str(adapter_file(adapters)))
     updates = {}
     for key, down in state.items():
-        if key.startswith(prefix) and key.endswith(".lora.down.weight"):
-            up = state[key.replace(".lora.down.", ".lora.up.")]
+        layer = next((name for name in ADAPTER_LAYER_NAMES if key.endswith(f".{name}.down.weight")), None)
+        if key.startswith(prefix) and layer is not None:
+            up = state[key.replace(f".{layer}.down.", f".{layer}.up.")]
             rank = down.shape[0]
-            alpha = float(state.get(key.replace(".lora.down.weight", ".alpha"), rank))
-            weight = key[len(prefix):].replace(".lora.down.weight", ".weight")
+            alpha = float(state.get(key.replace(f".{layer}.down.weight", ".alpha"), rank))
+            weight = key[len(prefix):].replace(f".{layer}.down.weight", ".weight")
             updates[weight] = (alpha / rank) * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)).reshape(
                 up.shape[:1] + down.shape[1:])
     return updates

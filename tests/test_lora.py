@@ -9,7 +9,6 @@ import pytest
 import dreambooth_nb as db
 from dreambooth_nb import train_lora as cli
 from dreambooth_nb.train import cli as train_cli
-from dreambooth_nb.common import runtime
 from dreambooth_nb.common.config import LoraTrainConfig
 
 # mindone's examples/diffusers/dreambooth/train_dreambooth_lora.py: the flags it has that the full script lacks,
@@ -49,29 +48,10 @@ def test_bad_lora_flags_stop_before_any_work(tmp_path, capsys):
     assert "--lora_rank=0 must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def _config(output_dir, **changes) -> LoraTrainConfig:
-    settings = dict(pretrained_model_name_or_path=TINY, output_dir=str(output_dir), resolution=32, train_batch_size=1,
-                    max_train_steps=6, learning_rate=1e-2, lr_warmup_steps=0, seed=0, checkpointing_steps=2,
-                    report_to="none", lora_rank=2)
-    return LoraTrainConfig(**{**settings, **changes})
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A LoRA run that never stops, and one stopped after 3 steps then resumed; with the UNet weights before."""
-    from dreambooth_nb.lora import train_lora
-    from dreambooth_nb.models import load_components
-
-    runtime.setup(device="CPU", show=False)
-    root = tmp_path_factory.mktemp("lora")
-    full_components = load_components(TINY)
-    before = {k: p.asnumpy().copy() for k, p in full_components.unet.parameters_and_names()}
-    full = train_lora(_config(root / "full"), full_components, progress=False)
-    import dreambooth_nb as db
-
-    train_lora(_config(root / "stopped"), load_components(TINY), progress=False, on_step=db.stop_after(3))
-    resumed = train_lora(_config(root / "stopped", resume_from_checkpoint="latest"), load_components(TINY), progress=False)
-    return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
+def runs(lora_runs):
+    """conftest's shared LoRA runs (full, and stopped then resumed)."""
+    return lora_runs
 
 
 @pytest.mark.slow
@@ -79,12 +59,14 @@ def test_the_adapter_file_has_diffusers_names_and_only_adapters_trained(runs):
     from safetensors.numpy import load_file
 
     state = load_file(str(runs["root"] / "full" / "pytorch_lora_weights.safetensors"))
-    assert state and all("lora" in k and k.startswith("unet.") for k in state)
+    assert state and all("lora" in k and k.startswith(("unet.", "text_encoder.")) for k in state)
+    assert any(k.startswith("text_encoder.") for k in state)  # trained with --train_text_encoder
     assert any(k.endswith(".to_q.lora.down.weight") for k in state) and any(".to_out.0.lora.up." in k for k in state)
-    after = {k: p.asnumpy() for k, p in runs["components"].unet.parameters_and_names()}
-    base = {k.replace(".base_layer", ""): v for k, v in after.items() if ".lora_" not in k}
-    for name, value in runs["before"].items():
-        np.testing.assert_array_equal(base[name], value, err_msg=f"{name} changed: the base must stay frozen")
+    for net, before in runs["before"].items():
+        after = {k: p.asnumpy() for k, p in getattr(runs["components"], net).parameters_and_names()}
+        base = {k.replace(".base_layer", ""): v for k, v in after.items() if ".lora_" not in k}
+        for name, value in before.items():
+            np.testing.assert_array_equal(base[name], value, err_msg=f"{net} {name} changed: the base must stay frozen")
     assert (runs["root"] / "full" / "pytorch_lora_weights.safetensors").stat().st_size < 200_000
     checkpoint = runs["root"] / "full" / "checkpoint-6"
     assert (checkpoint / "trained.safetensors").is_file() and not (checkpoint / "unet").exists(), "adapters only"
@@ -124,7 +106,7 @@ def test_mindone_loads_the_adapters_and_they_change_the_picture(runs):
 @pytest.mark.slow
 def test_the_run_card_and_settings_are_written(runs):
     settings = json.loads((runs["root"] / "full" / "train_config.json").read_text())
-    assert settings["lora_rank"] == 2 and "hub_token" not in settings
+    assert settings["lora_rank"] == 4 and "hub_token" not in settings
     assert (runs["root"] / "full" / "run_card.json").is_file()
     assert {f.name for f in fields(LoraTrainConfig)} >= set(settings)
 

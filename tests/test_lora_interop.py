@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from dreambooth_nb import export
-from dreambooth_nb.common import assets, formats, runtime
-from dreambooth_nb.common.config import LoraTrainConfig
+from dreambooth_nb.common import assets, formats
 from test_share import PIXEL_TOLERANCE, TORCH_PYTHON, UNET_TOLERANCE  # one venv path and one tolerance for both tests
 
 TINY = "tiny-random"
@@ -72,17 +71,11 @@ TORCH_SIDE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    """A short LoRA run on the tiny random model (UNet and text encoder, lr 1e-2: visible adapters), and the base
-    model exported for PyTorch by the command line."""
-    from dreambooth_nb.lora import train_lora
-
-    runtime.setup(show=False)
+def lora_run(lora_runs, tmp_path_factory):
+    """conftest's LoRA run (UNet and text encoder, lr 1e-2: visible adapters) as root/lora, and the base model
+    exported for PyTorch by the command line as root/base-pt."""
     root = tmp_path_factory.mktemp("lora-interop")
-    config = LoraTrainConfig(pretrained_model_name_or_path=TINY, output_dir=str(root / "lora"), resolution=32,
-                             train_batch_size=1, max_train_steps=6, learning_rate=1e-2, lr_warmup_steps=0, seed=0,
-                             report_to="none", train_text_encoder=True, lora_rank=4)
-    train_lora(config, progress=False)
+    (root / "lora").symlink_to(lora_runs["root"] / "full", target_is_directory=True)
     assert export.main([str(assets.tiny_model_path()), "--to", "diffusers-pt", str(root / "base-pt")]) == 0
     return root
 

@@ -50,6 +50,19 @@ def msrun_shell(config, workers: int = 8, master_port: int = 8118, log_dir: str 
     return shlex.join(msrun_command(config.to_args(), workers, master_port, log_dir, config.COMMAND))
 
 
+def saved_digest(output_dir: str | os.PathLike, digests: dict[int, dict]) -> dict | None:
+    """The digest of the networks rank 0 trained, as saved in output_dir and loaded back; None where it saved no
+    such folders (a LoRA run saves adapters only)."""
+    from ..models import load_components
+    from .checkpoint import weight_digest
+
+    names = digests.get(0, {}).get("networks") or []
+    if not names or not all((Path(output_dir) / name / "config.json").is_file() for name in names):
+        return None
+    components = load_components(str(output_dir))
+    return weight_digest({name: getattr(components, name) for name in names})
+
+
 def read_digests(output_dir: str | os.PathLike) -> dict[int, dict]:
     """The weight digest each rank wrote at the end of training, by rank."""
     folder = Path(output_dir) / DIGEST_DIR
@@ -64,18 +77,30 @@ class MsrunResult(Table):
     digests: dict
     log_dir: Path
     seconds: float
+    saved: dict | None = None  # the digest of the networks rank 0 saved, read back from the output folder
 
     @property
     def same_weights(self) -> bool:
-        """True when every rank ended with bit-identical trained weights."""
-        return len(self.digests) > 1 and len({d["sha256"] for d in self.digests.values()}) == 1
+        """True when every rank of the world (0 .. n-1, each knowing it is one of n) ended with bit-identical
+        trained weights."""
+        ranks = sorted(self.digests)
+        return (len(ranks) > 1 and ranks == list(range(len(ranks)))
+                and all(d["world"] == len(ranks) for d in self.digests.values())
+                and len({d["sha256"] for d in self.digests.values()}) == 1)
+
+    @property
+    def saved_as_trained(self) -> bool:
+        """True when the model rank 0 saved, loaded back, has exactly the weights the ranks trained."""
+        return self.saved is not None and 0 in self.digests and self.saved["sha256"] == self.digests[0]["sha256"]
 
     header = ("rank", "sha256 of the trained weights", "sum of the weights")
 
     @property
     def caption(self) -> str:
         state = "identical" if self.same_weights else "DIFFERENT"
-        return f"msrun exit code {self.returncode} after {self.seconds:.0f} s; weights {state} on all ranks"
+        saved = {True: "the saved model has them", False: "the saved model DIFFERS", None: "no model saved"}[
+            None if self.saved is None else self.saved_as_trained]
+        return f"msrun exit code {self.returncode} after {self.seconds:.0f} s; weights {state} on all ranks; {saved}"
 
     def rows(self) -> list[tuple]:
         return [(r, f"{d['sha256'][:16]}…", f"{d['sum']:.6f}") for r, d in sorted(self.digests.items())]
@@ -121,4 +146,5 @@ def run_msrun(config, workers: int = 2, log_dir: str | os.PathLike | None = None
     result = MsrunResult(done.returncode, read_digests(output_dir), log_dir, time.perf_counter() - start)
     if done.returncode != 0:
         raise RuntimeError(f"msrun exited with code {done.returncode}; worker logs in {log_dir}:\n{result.log_tail()}")
+    result.saved = saved_digest(output_dir, result.digests)
     return result

@@ -804,5 +804,6 @@ def write_digest(output_dir: Path, world: World, nets: dict) -> Path:
     """output_dir/rank-digests/rank-<R>.json: this rank's weight digest (equal on every rank after data-parallel training)."""
     path = output_dir / DIGEST_DIR / f"rank-{world.rank}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rank": world.rank, "world": world.size, **ckpt.weight_digest(nets)}), encoding="utf-8")
+    path.write_text(json.dumps({"rank": world.rank, "world": world.size, "networks": sorted(nets),
+                                **ckpt.weight_digest(nets)}), encoding="utf-8")
     return path

@@ -1,0 +1,37 @@
+"""Fixtures shared by several test modules (each costs a compiled training run, so it runs once per session)."""
+
+import pytest
+
+TINY = "tiny-random"
+
+
+def lora_test_config(output_dir, **changes):
+    """A short LoRA run on the tiny random model: UNet and text encoder, lr 1e-2 (adapters that visibly move the
+    picture), a checkpoint every 2 steps."""
+    from dreambooth_nb.common.config import LoraTrainConfig
+
+    settings = dict(pretrained_model_name_or_path=TINY, output_dir=str(output_dir), resolution=32, train_batch_size=1,
+                    max_train_steps=6, learning_rate=1e-2, lr_warmup_steps=0, seed=0, checkpointing_steps=2,
+                    report_to="none", train_text_encoder=True, lora_rank=4)
+    return LoraTrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="session")
+def lora_runs(tmp_path_factory):
+    """A LoRA run that never stops (root/full), and one stopped after 3 steps then resumed (root/stopped); with the
+    UNet's and text encoder's weights before training and the full run's components after it."""
+    import dreambooth_nb as db
+    from dreambooth_nb.common import runtime
+    from dreambooth_nb.lora import train_lora
+    from dreambooth_nb.models import load_components
+
+    runtime.setup(device="CPU", show=False)
+    root = tmp_path_factory.mktemp("lora")
+    full_components = load_components(TINY)
+    before = {net: {k: p.asnumpy().copy() for k, p in getattr(full_components, net).parameters_and_names()}
+              for net in ("unet", "text_encoder")}
+    full = train_lora(lora_test_config(root / "full"), full_components, progress=False)
+    train_lora(lora_test_config(root / "stopped"), load_components(TINY), progress=False, on_step=db.stop_after(3))
+    resumed = train_lora(lora_test_config(root / "stopped", resume_from_checkpoint="latest"), load_components(TINY),
+                         progress=False)
+    return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
