@@ -1,0 +1,51 @@
+"""DreamBooth pilot for the toy world: one training seed with prior preservation, a variant of the subject's photos or
+of the recipe; prints the chapter-06 scores and what the judge reads in each failing context, and saves the payoff
+figure to outputs/pilots/NAME.png.
+
+    VARIANT='{"radii": [8.5, 10.5]}' NAME=big-photos python pretraining/toyworld-v6/dreambooth_pilot.py
+    VARIANT='{"radii": [8.5, 10.5], "recipe": "class images judged plain stars"}' NAME=big-photos-frozen python ...
+
+VARIANT keys: radii (the photos' subject radii), offsets, steps (600), seed (0), recipe (experiments.BOTH: judged class
+images, text encoder trained), changes (TrainConfig fields), prior (true).
+"""
+import collections
+import json
+import os
+import time
+from pathlib import Path
+
+import dreambooth_nb as db
+from dreambooth_nb.common import scenes
+
+db.setup(device="CPU", show=False)
+variant = json.loads(os.environ.get("VARIANT", "{}"))
+if "radii" in variant:  # the photos change, so their cache key must too
+    scenes.SUBJECT_RADII = tuple(variant["radii"])
+    scenes.VERSION = 100 + int(10 * variant["radii"][0])
+if "offsets" in variant:
+    scenes.SUBJECT_OFFSETS = tuple(variant["offsets"])
+
+from dreambooth_nb.common.judge import load_judge  # noqa: E402  (after the scene settings above)
+from dreambooth_nb.infer import load_pipeline, swap_weights  # noqa: E402
+from dreambooth_nb.toyworld import evaluate, experiments as ex  # noqa: E402
+
+name = os.environ.get("NAME", "pilot")
+out = Path("outputs/pilots") / name
+judge = load_judge()
+photos = scenes.subject_images(5)
+print("photos read:", [(v.size, round(v.radius, 1), v.is_subject) for v in judge.read(photos)])
+start = time.time()
+if not (out / "model_index.json").is_file():
+    ex.train_toy(variant.get("prior", True), int(variant.get("seed", 0)), False, variant.get("recipe", ex.BOTH),
+                 max_train_steps=int(variant.get("steps", 600)), output_dir=str(out), **variant.get("changes", {}))
+print("trained", out, round(time.time() - start), "s", flush=True)
+pipe = load_pipeline(evaluate.MODEL)
+swap_weights(pipe, out)
+scores = ex.toy_dreambooth_scores(pipe, int(variant.get("seed", 0)))
+print(name, {k: round(v, 2) for k, v in scores.items() if isinstance(v, float)})
+for label, images in scores["images"].items():
+    readings = judge.read(images)
+    print(label, collections.Counter((v.shape, v.colour, v.pattern, v.size, v.background) for v in readings)
+          .most_common(3))
+ex.payoff_figure({name: scores}).savefig(out.parent / f"{name}.png", dpi=80)
+print("elapsed", round(time.time() - start), "s")
