@@ -117,7 +117,8 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
                     negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
                     height=size, width=size, generator=generators, latents=given)
         table = loop_table(pipe, steps)
-        with first_call_said(pipe, size, batch_size, guided=guidance > 1, steps=steps if table else None):
+        capacity = loop_capacity(len(table.timesteps)) if table is not None else None
+        with first_call_said(pipe, size, batch_size, guided=guidance > 1, capacity=capacity):
             if table is not None:
                 out = sample_in_one_graph(pipe, chunk + chunk[:1] * pad, table, **call)
             else:
@@ -126,19 +127,19 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
     return images
 
 
-def first_call_said(pipe, size: int, batch_size: int, guided: bool, steps: int | None = None):
+def first_call_said(pipe, size: int, batch_size: int, guided: bool, capacity: int | None = None):
     """The first sampling call of a UNet at a picture size and batch (and, for the loop compiled as one graph, a
-    number of steps) compiles its graph: said, with how long it took last time on this machine and the seconds so
+    capacity of steps) compiles its graph: said, with how long it took last time on this machine and the seconds so
     far; later calls go through unannounced."""
-    shape = (size, batch_size, guided, steps)
+    shape = (size, batch_size, guided, capacity)
     seen = _COMPILED_SHAPES.setdefault(pipe.unet, set())
     if shape in seen:
         return contextlib.nullcontext()
     seen.add(shape)
     model = Path(str(getattr(pipe, "name_or_path", None) or type(pipe.unet).__name__)).name
     key = f"sampling: {model} {size} px, batch {batch_size}, {'guided' if guided else 'unguided'}"
-    if steps is not None:
-        key += f", {steps} steps in one graph"
+    if capacity is not None:
+        key += f", up to {capacity} steps in one graph"
     return said_wait("compiling the sampler (first call at this size)", key)
 
 
@@ -150,6 +151,9 @@ def first_call_said(pipe, size: int, batch_size: int, guided: bool, steps: int |
 # LOOP_CHECK: the largest difference allowed between the table and the scheduler on random numbers; above it (a
 # sampler that draws noise or clips) the pipeline's own loop samples.
 LOOP_CHECK = 1e-4
+# The loop's graph holds room for LOOP_CAPACITY UNet calls (the table padded with zeros, the count given at run time),
+# so 5, 25 or 50 steps share one compile; a longer schedule gets the next power of two.
+LOOP_CAPACITY = 64
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {dtype: its SamplingLoop}
 _TABLES: dict = {}  # (scheduler class, its config, steps) -> LoopTable or None
 
@@ -224,9 +228,9 @@ def sampling_loop_class():
             super().__init__()
             self.unet = unet
 
-        def construct(self, noise, embeddings, weights, input_scales, timesteps, scale, guided: bool):
-            calls = input_scales.shape[0]
-            spread = (calls,) + (1,) * noise.ndim
+        def construct(self, noise, embeddings, weights, input_scales, timesteps, calls, scale, guided: bool):
+            capacity = input_scales.shape[0]
+            spread = (capacity,) + (1,) * noise.ndim
             predictions = ops.zeros(spread[:1] + noise.shape, noise.dtype)
             i = ms.Tensor(0, ms.int32)
             while i < calls:
@@ -238,12 +242,32 @@ def sampling_loop_class():
                 if guided:
                     uncond, cond = out.chunk(2)
                     out = uncond + scale * (cond - uncond)
-                predictions = predictions + (ops.arange(calls) == i).astype(noise.dtype).reshape(spread) * out
+                predictions = predictions + (ops.arange(capacity) == i).astype(noise.dtype).reshape(spread) * out
                 i = i + 1
-            row = weights[calls]
+            row = weights[capacity]  # padded_table puts the final latents' row last
             return row[0] * noise + (row[1:].reshape(spread) * predictions).sum(0)
 
     return SamplingLoop
+
+
+def loop_capacity(calls: int) -> int:
+    """Room for `calls` UNet calls in the loop's graph: LOOP_CAPACITY, or the next power of two above it."""
+    capacity = LOOP_CAPACITY
+    while capacity < calls:
+        capacity *= 2
+    return capacity
+
+
+def padded_table(table: LoopTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The table's weights, input scales and timesteps padded to loop_capacity (zero weights: the rows and columns
+    of calls that never run add nothing)."""
+    calls, capacity = len(table.timesteps), loop_capacity(len(table.timesteps))
+    weights = np.zeros((capacity + 1, capacity + 1), np.float32)
+    weights[:calls, :calls + 1] = table.weights[:calls]
+    weights[capacity, :calls + 1] = table.weights[calls]  # the final latents: the row after the last call
+    scales, timesteps = np.ones(capacity, np.float32), np.zeros(capacity, np.float32)
+    scales[:calls], timesteps[:calls] = table.input_scales, table.timesteps
+    return weights, scales, timesteps
 
 
 def sampling_loop(unet):
@@ -268,8 +292,9 @@ def sample_in_one_graph(pipe, prompts: list[str], table: LoopTable, num_inferenc
     pipe.scheduler.set_timesteps(num_inference_steps)  # as the pipeline does first: the noise's scale depends on it
     noise = pipe.prepare_latents(len(prompts), pipe.unet.config.in_channels, height, width, positive.dtype,
                                  generator, latents)
-    final = sampling_loop(pipe.unet)(noise, embeddings, ms.Tensor(table.weights, noise.dtype),
-                                     ms.Tensor(table.input_scales, noise.dtype), ms.Tensor(table.timesteps),
+    weights, scales, timesteps = padded_table(table)
+    final = sampling_loop(pipe.unet)(noise, embeddings, ms.Tensor(weights, noise.dtype), ms.Tensor(scales, noise.dtype),
+                                     ms.Tensor(timesteps), ms.Tensor(len(table.timesteps), ms.int32),
                                      ms.Tensor(guidance_scale, noise.dtype), guided)
     pixels = pipe.vae.decode((final / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
     return pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * len(prompts))

@@ -131,6 +131,33 @@ def test_the_loop_compiled_as_one_graph_draws_the_pipelines_pictures(tiny_pipe, 
 
 
 @pytest.mark.slow
+def test_one_compiled_loop_serves_every_step_count(tiny_pipe):
+    """The loop's graph has room for up to LOOP_CAPACITY calls and is told how many to run: another step count
+    compiles nothing and still draws the pipeline's pictures."""
+    pipe = sampling.with_scheduler(tiny_pipe, "DPMSolverMultistepScheduler")
+    prompts, seeds = ["a photo of sks dog", "a dog on the beach"], [4, 5]
+    sampling.generate(pipe, prompts, seeds, num_inference_steps=3, guidance_scale=5.0, batch_size=2)
+    graphs = len(sampling.sampling_loop(pipe.unet).compile_cache)
+    ours = sampling.generate(pipe, prompts, seeds, num_inference_steps=7, guidance_scale=5.0, batch_size=2)
+    assert len(sampling.sampling_loop(pipe.unet).compile_cache) == graphs
+    for a, b in zip(ours, pipeline_pictures(pipe, prompts, seeds, 7, 5.0)):
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+def test_the_table_padded_to_the_loops_capacity_keeps_its_rows():
+    table = sampling.LoopTable(np.arange(16, dtype=np.float32).reshape(4, 4), np.array([1, 2, 3], np.float32),
+                               np.array([900, 500, 100], np.float32))
+    weights, scales, timesteps = sampling.padded_table(table)
+    capacity = sampling.LOOP_CAPACITY
+    assert weights.shape == (capacity + 1, capacity + 1) and scales.shape == timesteps.shape == (capacity,)
+    np.testing.assert_array_equal(weights[:3, :4], table.weights[:3])
+    np.testing.assert_array_equal(weights[capacity, :4], table.weights[3])  # the final row, last
+    assert not weights[3:capacity].any() and not weights[:, 4:].any()
+    assert list(scales[:4]) == [1, 2, 3, 1] and list(timesteps[:4]) == [900, 500, 100, 0]
+    assert sampling.loop_capacity(capacity + 1) == 2 * capacity
+
+
+@pytest.mark.slow
 def test_a_model_swapped_in_after_the_loop_compiled_draws_its_own_pictures(tiny_pipe, tmp_path):
     """swap_weights (like merge_adapters and a resume) writes into the weights' own memory, so the loop compiled for
     the model before draws the new one; Parameter.set_data would leave it drawing the old weights."""
