@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .common import defaults
 from .common.assets import is_diffusers_folder, resolve_model, training_settings
-from .common.runtime import import_quietly, write_in_place
+from .common.runtime import import_quietly, write_weights
 from .sampling import generate, pipeline_from_components, remember_guidance, save_images, with_scheduler
 from .common.errors import InputError, MissingFileError
 
@@ -71,14 +71,8 @@ def swap_weights(pipe, model: str | os.PathLike) -> list[str]:
     for name, source in parts.items():
         target = getattr(pipe, name)
         saved = type(target).from_pretrained(str(source))
-        values = dict(saved.parameters_and_names())
-        mismatched = [key for key, param in target.parameters_and_names()
-                      if key not in values or values[key].shape != param.shape]
-        if mismatched:
-            raise InputError(f"{source} does not fit this pipeline's {name}: {mismatched[:3]} ... missing or "
-                             f"shaped otherwise.")
-        for key, param in target.parameters_and_names():
-            write_in_place(param, values[key])
+        write_weights(dict(target.parameters_and_names()), dict(saved.parameters_and_names()), str(source),
+                      "Swap in a run of this pipeline's base model.")
     return list(parts)
 
 

@@ -143,6 +143,21 @@ def write_in_place(param, value) -> None:
     param.copy_(ms.Tensor(value, dtype=param.dtype))
 
 
+def write_weights(params: dict, arrays: dict, source: str, advice: str) -> None:
+    """Copy arrays into the parameters of the same key, in place; every one must be there, with the same shape
+    (checked before anything is written). InputError naming `source`, with `advice`, otherwise."""
+    missing = [key for key in params if key not in arrays]
+    if missing:
+        raise InputError(f"{source} lacks {len(missing)} weights (e.g. {missing[0]}): it was written for another "
+                         f"model or other training settings. {advice}")
+    for key, p in params.items():
+        if tuple(arrays[key].shape) != tuple(p.shape):
+            raise InputError(f"{source}: {key} has shape {tuple(arrays[key].shape)}, the model expects "
+                             f"{tuple(p.shape)}. {advice}")
+    for key, p in params.items():
+        write_in_place(p, arrays[key])
+
+
 def available_device() -> str:
     """The best device MindSpore can use here: Ascend, then GPU, then CPU."""
     import mindspore as ms

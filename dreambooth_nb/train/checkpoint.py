@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.errors import InputError, MissingFileError, UserError
-from ..common.runtime import write_in_place
+from ..common.runtime import write_weights
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -177,16 +177,8 @@ def optimizer_arrays(optimizer, nets: dict) -> dict[str, np.ndarray]:
 
 
 def set_parameters(params: dict, arrays: dict[str, np.ndarray], source: str) -> None:
-    """Copy arrays into the parameters of the same key; every one must be there, with the same shape."""
-    missing = [key for key in params if key not in arrays]
-    if missing:
-        raise InputError(f"{source} lacks {len(missing)} weights (e.g. {missing[0]}): it was written for another "
-                         "model or other training settings. Resume with the settings it was made with.")
-    for key, p in params.items():
-        value = arrays[key]
-        if tuple(value.shape) != tuple(p.shape):
-            raise InputError(f"{source}: {key} has shape {value.shape}, the model expects {tuple(p.shape)}.")
-        write_in_place(p, value)
+    """Copy a checkpoint's arrays into the parameters of the same key (runtime.write_weights)."""
+    write_weights(params, arrays, source, "Resume with the settings it was made with.")
 
 
 def set_optimizer_state(optimizer, nets: dict, arrays: dict[str, np.ndarray], source: str) -> None:
