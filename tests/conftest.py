@@ -35,3 +35,15 @@ def lora_runs(tmp_path_factory):
     resumed = train_lora(lora_test_config(root / "stopped", resume_from_checkpoint="latest"), load_components(TINY),
                          progress=False)
     return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_off():
+    """Unit tests compile every graph anew (DREAMBOOTH_NB_GRAPH_CACHE=0, inherited by the processes they start): a
+    test that patches what a step computes must not be served the graph of the same settings unpatched.
+    test_graph_cache turns it on for its own runs."""
+    from dreambooth_nb.common.graph_cache import GRAPH_CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(GRAPH_CACHE_ENV, "0")
+        yield

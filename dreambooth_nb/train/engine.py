@@ -651,14 +651,47 @@ def run_loop(run: Run, progress: bool, on_step, stop_requested: Callable[[], boo
 
 
 def first_step_said(run: Run, bar, show: bool):
-    """The first step of a trainer compiles its graph: said before it starts, its seconds counted on the bar; later
-    steps (and a trainer reused by the next run) go through unannounced."""
+    """The first step of a trainer compiles its graph (or loads it from the compile cache, where this run's graph was
+    compiled before): said before it starts, its seconds counted on the bar; later steps (and a trainer reused by the
+    next run) go through unannounced."""
     if run.trainer.warm:
         return contextlib.nullcontext()
     run.trainer.warm = True
+    return first_step_compiled(run, bar, show)
+
+
+@contextlib.contextmanager
+def first_step_compiled(run: Run, bar, show: bool):
+    """The first step inside the compile cache's block for this run's graph, said as a compile or as a load."""
+    from ..common.graph_cache import cached_compile
+
     key = (f"train step: {run.components.source} {run.config.resolution} px, batch {run.config.train_batch_size}, "
            f"{'prior' if run.config.with_prior_preservation else 'no prior'}, {run.method.result_kind}")
-    return said_wait("compiling the training step", key, bar, show=show)
+    parts = training_graph_parts(run.config, run.components, run.trainer, run.method, run.device, run.world.size)
+    with cached_compile("train step", parts) as cached:
+        if cached:
+            with said_wait("loading the training step compiled before, from the compile cache", key + ", cached", bar,
+                           first_time="a few seconds", show=show):
+                yield
+        else:
+            with said_wait("compiling the training step", key, bar, show=show):
+                yield
+
+
+def training_graph_parts(config: TrainConfig, components, trainer: Trainer, method: TrainingMethod = FULL_FINE_TUNING,
+                         device: str = "CPU", workers: int = 1) -> dict:
+    """Everything that shapes a run's step graph (the compile cache's key): its settings (all but the graph-neutral
+    ones), its method, every weight the step's cells bind (networks, optimizer state) by name, shape and type, the
+    device and the number of workers."""
+    from ..common.graph_cache import network_signature
+
+    neutral = set(names_with(config, "graph_neutral")) | set(names_with(config, "secret"))
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in neutral}
+    nets = {name: net for name, net in vars(components).items() if hasattr(net, "get_parameters")}
+    nets.update(step=trainer.step_cell, **({"apply": trainer.apply_cell} if trainer.apply_cell else {}))
+    return {"config": [type(config).__name__, settings], "method": type(method).__name__,
+            "result": method.result_kind, "networks": network_signature(nets), "device": device, "workers": workers,
+            "accumulation": trainer.accumulation, "sink": trainer.sink is not None}
 
 
 def validate_before_training(run: Run) -> None:
