@@ -95,7 +95,7 @@ def cached_compile(graph: str, parts: dict):
     import mindspore as ms
 
     _claimed.append(folder.name)
-    tolerate_relative_entry_imports()
+    list_only_the_entry_script()
     ms.set_context(enable_compile_cache=True, compile_cache_path=str(folder))
     try:
         yield cached_graph_ready(folder)
@@ -103,24 +103,15 @@ def cached_compile(graph: str, parts: dict):
         ms.set_context(enable_compile_cache=False)
 
 
-def tolerate_relative_entry_imports() -> None:
-    """MindSpore lists the entry script's imports to check the cache against, and fails on a relative import in it
-    (`python -m dreambooth_nb.train` runs a package's __main__): there, the entry script alone is listed (the key
-    already holds every file of this package)."""
+def list_only_the_entry_script() -> None:
+    """MindSpore checks a cached graph against the files its entry script imports, found by building a module object
+    for each import (importlib's module_from_spec): for `import sys` in a Jupyter kernel's launcher that made a new
+    `sys` whose stderr ipykernel cannot tee (the next cell never answered), and a relative import in a package's
+    __main__ (`python -m dreambooth_nb.train`) raised. Here it lists the entry script alone: the key already holds
+    every file of this package and the entry script's path."""
     from mindspore.common import api
 
-    listed = api._get_compile_cache_dep_files
-    if getattr(listed, "tolerant", False):
-        return
-
-    def tolerant():
-        try:
-            return listed()
-        except ImportError:
-            return [api.entry_script_path] if api.entry_script_path else []
-
-    tolerant.tolerant = True
-    api._get_compile_cache_dep_files = tolerant
+    api._get_compile_cache_dep_files = lambda: [api.entry_script_path] if api.entry_script_path else []
 
 
 def clear_graph_cache() -> int:
