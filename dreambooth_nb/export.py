@@ -98,7 +98,10 @@ def marked(folder: Path, source: Path) -> Path:
 def loading_hint(to: str, dest: Path) -> str:
     """How PyTorch's diffusers loads what was written (offline included)."""
     if to == "diffusers-pt":
-        return f"diffusers: StableDiffusionPipeline.from_pretrained({str(dest)!r}); mindone reads it too"
+        from .common.formats import detect_layout
+
+        pipeline = "StableDiffusionXLPipeline" if detect_layout(dest) == "sdxl" else "StableDiffusionPipeline"
+        return f"diffusers: {pipeline}.from_pretrained({str(dest)!r}); mindone reads it too"
     return (f"diffusers: StableDiffusionPipeline.from_single_file({str(dest)!r}, config=<a diffusers folder of this "
             f"model, e.g. one written with --to diffusers-pt>); dreambooth_nb takes it as "
             f"--pretrained_model_name_or_path={dest}")

@@ -105,9 +105,13 @@ class FakeHubServer:
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    """No offline flag, token or endpoint from the surrounding shell."""
+    """No offline flag, token or endpoint from the surrounding shell (nor the offline flag huggingface_hub read from
+    it when it was first imported, which depends on what ran before)."""
+    import huggingface_hub.constants
+
     for name in OFFLINE_FLAGS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return monkeypatch
 
 

@@ -157,7 +157,7 @@ def to_diffusers_pt(src: str | os.PathLike, dest: str | os.PathLike, fill_from: 
     Parts the folder lacks (a text encoder a run did not save) come from `fill_from`, its base model.
     """
     src, dest = Path(src), Path(dest)
-    require_pipeline(src)
+    require_pipeline(src, sdxl_folder=True)  # folder to folder: each part's names converted, whatever the pipeline
     parts = part_folders(src, fill_from)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
@@ -173,9 +173,12 @@ def to_diffusers_pt(src: str | os.PathLike, dest: str | os.PathLike, fill_from: 
     return dest
 
 
-def require_pipeline(src: Path) -> None:
-    """FormatError unless `src` is an SD pipeline folder with safetensors weights (mindone's or PyTorch's)."""
+def require_pipeline(src: Path, sdxl_folder: bool = False) -> None:
+    """FormatError unless `src` is an SD pipeline folder with safetensors weights (mindone's or PyTorch's); with
+    sdxl_folder, an SDXL pipeline folder too."""
     layout = detect_layout(src)
+    if sdxl_folder and layout == "sdxl" and src.is_dir() and list((src / "unet").glob(f"*{WEIGHT_SUFFIX}")):
+        return
     if layout not in ("mindone", "diffusers-pt"):
         raise FormatError(LAYOUT_ADVICE.get(layout, LAYOUT_ADVICE["unknown"]).format(path=src))
 
@@ -425,8 +428,9 @@ def importable_model(path: str | os.PathLike, config: str | os.PathLike | None =
 LAYOUT_ADVICE = {
     "lora": "{path} holds a LoRA adapter, not a whole model: pass the base model it was trained on (its "
             "train_config.json names it) and load the adapter with dreambooth_nb.lora.lora_pipeline(base, adapters).",
-    "sdxl": "{path} is a Stable Diffusion XL checkpoint, which is not converted here: train SDXL from a diffusers "
-            "folder or hub id with `python -m dreambooth_nb.train_sdxl_lora`, or pick an SD 1.x/2.x model.",
+    "sdxl": "{path} is a Stable Diffusion XL checkpoint, which is not converted here (a folder in diffusers layout "
+            "exports --to diffusers-pt): train SDXL from a diffusers folder or hub id with `python -m "
+            "dreambooth_nb.train_sdxl_lora`, or pick an SD 1.x/2.x model.",
     "pickle": "{path} is a PyTorch pickle, which mindone cannot read (and unpickling runs code). Convert it to "
               ".safetensors on PyTorch (safetensors.torch.save_file(torch.load(path)['state_dict'], new_path)) or "
               "use the model's .safetensors file.",
