@@ -58,7 +58,7 @@ def test_the_key_changes_with_everything_that_shapes_the_graph():
 def test_a_changed_line_of_the_package_changes_every_key(monkeypatch):
     parts = {"config": {"train_batch_size": 1}}
     before = graph_cache.graph_key("train step", parts)
-    monkeypatch.setattr(graph_cache, "_source_digest", ["another version of the code"])
+    monkeypatch.setattr(graph_cache, "package_source_digest", lambda: "another version of the code")
     assert graph_cache.graph_key("train step", parts) != before
 
 

@@ -10,13 +10,14 @@ MindSpore and mindone versions): its graphs are always the first the cache numbe
 graphs of one key. Anything that changes the graph changes the folder and compiles anew.
 
 Where it lives: `graphs/` in the package's cache folder (`~/.cache/dreambooth_nb/graphs`, or under
-DREAMBOOTH_NB_CACHE); delete that folder to clear it (or call clear_graph_cache()). DREAMBOOTH_NB_GRAPH_CACHE=0 turns it
-off; a folder given there is used instead.
+DREAMBOOTH_NB_CACHE); delete that folder to clear it. DREAMBOOTH_NB_GRAPH_CACHE=0 turns it off; a folder given there is used
+instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -28,7 +29,6 @@ from .files import cache_dir
 GRAPH_CACHE_ENV = "DREAMBOOTH_NB_GRAPH_CACHE"  # "0": compile every graph anew; a folder: keep the graphs there
 FIRST_GRAPH = "compile_cache_0.mindir"  # MindSpore's name for the first graph a process cached
 _claimed: list[str] = []  # the key this process's cache serves (MindSpore keeps one cache folder a process)
-_source_digest: list[str] = []
 
 
 def graphs_dir() -> Path:
@@ -43,15 +43,14 @@ def graph_cache_on() -> bool:
     return os.environ.get(GRAPH_CACHE_ENV, "1") != "0"
 
 
+@functools.cache
 def package_source_digest() -> str:
     """A digest of every Python file of this package: a changed line of code is a changed graph."""
-    if not _source_digest:
-        root = Path(__file__).resolve().parent.parent
-        digest = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _source_digest.append(digest.hexdigest())
-    return _source_digest[0]
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def network_signature(nets: dict) -> dict:
@@ -113,12 +112,3 @@ def list_only_the_entry_script() -> None:
 
     api._get_compile_cache_dep_files = lambda: [api.entry_script_path] if api.entry_script_path else []
 
-
-def clear_graph_cache() -> int:
-    """Delete every cached graph; returns how many graph folders there were."""
-    import shutil
-
-    folders = [p for p in graphs_dir().glob("*") if p.is_dir()] if graphs_dir().is_dir() else []
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-    return len(folders)

@@ -20,6 +20,7 @@ from ..common.cards import shareable_settings, write_run_card
 from ..common.commands import signals_deferred
 from ..common.config import TrainConfig, names_with
 from ..common.errors import InputError, UserError
+from ..common.graph_cache import cached_compile, network_signature
 from ..common.tables import Table
 from ..common.waits import said_wait
 from ..common.world import World, barrier, current_world
@@ -663,34 +664,26 @@ def first_step_said(run: Run, bar, show: bool):
 @contextlib.contextmanager
 def first_step_compiled(run: Run, bar, show: bool):
     """The first step inside the compile cache's block for this run's graph, said as a compile or as a load."""
-    from ..common.graph_cache import cached_compile
-
     key = (f"train step: {run.components.source} {run.config.resolution} px, batch {run.config.train_batch_size}, "
            f"{'prior' if run.config.with_prior_preservation else 'no prior'}, {run.method.result_kind}")
-    parts = training_graph_parts(run.config, run.components, run.trainer, run.method, run.device, run.world.size)
+    parts = training_graph_parts(run.config, run.trainer, run.method, run.device, run.world.size)
     with cached_compile("train step", parts) as cached:
-        if cached:
-            with said_wait("loading the training step compiled before, from the compile cache", key + ", cached", bar,
-                           first_time="a few seconds", show=show):
-                yield
-        else:
-            with said_wait("compiling the training step", key, bar, show=show):
-                yield
+        said = (dict(what="loading the training step compiled before, from the compile cache", key=key + ", cached",
+                     first_time="a few seconds") if cached else dict(what="compiling the training step", key=key))
+        with said_wait(bar=bar, show=show, **said):
+            yield
 
 
-def training_graph_parts(config: TrainConfig, components, trainer: Trainer, method: TrainingMethod = FULL_FINE_TUNING,
+def training_graph_parts(config: TrainConfig, trainer: Trainer, method: TrainingMethod = FULL_FINE_TUNING,
                          device: str = "CPU", workers: int = 1) -> dict:
     """Everything that shapes a run's step graph (the compile cache's key): its settings (all but the graph-neutral
     ones), its method, every weight the step's cells bind (networks, optimizer state) by name, shape and type, the
     device and the number of workers."""
-    from ..common.graph_cache import network_signature
-
     neutral = set(names_with(config, "graph_neutral")) | set(names_with(config, "secret"))
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in neutral}
-    nets = {name: net for name, net in vars(components).items() if hasattr(net, "get_parameters")}
-    nets.update(step=trainer.step_cell, **({"apply": trainer.apply_cell} if trainer.apply_cell else {}))
+    cells = {"step": trainer.step_cell, **({"apply": trainer.apply_cell} if trainer.apply_cell else {})}
     return {"config": [type(config).__name__, settings], "method": type(method).__name__,
-            "result": method.result_kind, "networks": network_signature(nets), "device": device, "workers": workers,
+            "result": method.result_kind, "networks": network_signature(cells), "device": device, "workers": workers,
             "accumulation": trainer.accumulation, "sink": trainer.sink is not None}
 
 
