@@ -99,8 +99,15 @@ def lora_pipeline(base: str | None, adapters: str | os.PathLike):
     from .infer import load_pipeline
 
     pipe = load_pipeline(base or defaults.DEFAULT_MODEL)
-    pipe.load_lora_weights(str(adapter_file(adapters).parent))
+    load_adapters(pipe, adapters)
     return pipe
+
+
+def load_adapters(pipe, adapters: str | os.PathLike) -> None:
+    """The guide's `pipe.load_lora_weights(folder)`, with the file named: mindone's and diffusers' loaders refuse a
+    folder without `weight_name` when HF_HUB_OFFLINE is set. Works for SD and SDXL pipelines."""
+    path = adapter_file(adapters)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
 
 
 # How diffusers' LoRA file names an adapted layer's two matrices: <layer>.lora.down/up.weight in the UNet,

@@ -56,7 +56,7 @@ TORCH_SIDE = textwrap.dedent("""
                                        width=size, output_type="np").images
 
     run("base")
-    pipe.load_lora_weights(adapters)  # the folder as the LoRA run wrote it
+    pipe.load_lora_weights(adapters, weight_name="pytorch_lora_weights.safetensors")  # as the LoRA run wrote it
     run("lora")
     layers = {}
     for name in ("unet", "text_encoder"):

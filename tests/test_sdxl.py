@@ -104,6 +104,7 @@ def test_sdxl_lora_on_both_text_encoders_saves_reloads_and_resumes(tiny_xl, xl_l
     import dreambooth_nb as db
     from safetensors.numpy import load_file
 
+    from dreambooth_nb.lora import load_adapters
     from dreambooth_nb.sdxl.model import load_sdxl_pipeline
 
     root, full = xl_lora["root"], xl_lora["full"]
@@ -116,7 +117,7 @@ def test_sdxl_lora_on_both_text_encoders_saves_reloads_and_resumes(tiny_xl, xl_l
         np.testing.assert_array_equal(again[key], state[key], err_msg=key)
     base = db.generate(load_sdxl_pipeline(tiny_xl), ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
     pipe = load_sdxl_pipeline(tiny_xl)
-    pipe.load_lora_weights(str(root / "full"))
+    load_adapters(pipe, root / "full")
     tuned = db.generate(pipe, ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
     assert np.abs(np.asarray(base, int) - np.asarray(tuned, int)).mean() > 0.5
     assert json.loads((root / "full" / "train_config.json").read_text())["train_text_encoder"] is True
@@ -141,7 +142,7 @@ XL_TORCH_SIDE = textwrap.dedent("""
                         height=size, width=size, output_type="np").images
 
     out["base"] = picture()
-    pipe.load_lora_weights(adapters)  # the folder as the SDXL LoRA run wrote it
+    pipe.load_lora_weights(adapters, weight_name="pytorch_lora_weights.safetensors")  # as the SDXL run wrote it
     out["lora"] = picture()
     np.savez(result, **out)
 """)
@@ -158,6 +159,7 @@ def test_diffusers_on_pytorch_loads_the_sdxl_adapter_file_to_the_same_picture(ti
 
     from dreambooth_nb.common import formats
     from dreambooth_nb.common.runtime import import_quietly
+    from dreambooth_nb.lora import load_adapters
     from dreambooth_nb.sdxl.model import load_sdxl_pipeline
 
     root, adapters = xl_lora["root"], xl_lora["root"] / "full"
@@ -179,7 +181,7 @@ def test_diffusers_on_pytorch_loads_the_sdxl_adapter_file_to_the_same_picture(ti
 
     base = picture(load_sdxl_pipeline(tiny_xl))
     pipe = load_sdxl_pipeline(tiny_xl)
-    pipe.load_lora_weights(str(adapters))
+    load_adapters(pipe, adapters)
     tuned = picture(pipe)
     assert np.abs(base - torch_side["base"]).max() <= PIXEL_TOLERANCE
     assert np.abs(tuned - torch_side["lora"]).max() <= PIXEL_TOLERANCE

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import defaults
 from .config import LoraTrainConfig, SDXLLoraTrainConfig, any_config_names_with
 from .files import file_hash, write_json_atomic, write_text_atomic
+from .formats import LORA_FILES
 
 RUN_CARD = "run_card.json"
 MODEL_CARD = "README.md"
@@ -264,7 +265,7 @@ trained on, {base["description"]}, then the adapters into it.
 
 ```python
 {load}
-pipe.load_lora_weights("{where}")
+pipe.load_lora_weights("{where}")  # offline (HF_HUB_OFFLINE=1): add weight_name="{LORA_FILES[0]}"
 image = pipe("{prompt}")[0][0]
 ```
 
@@ -278,7 +279,7 @@ The adapter file uses diffusers' own key names, so diffusers (with peft) loads i
 from diffusers import {pipeline}
 
 pipe = {pipeline}.from_pretrained("<the base model in diffusers layout>")
-pipe.load_lora_weights("{where}")
+pipe.load_lora_weights("{where}")  # offline (HF_HUB_OFFLINE=1): add weight_name="{LORA_FILES[0]}"
 image = pipe("{prompt}").images[0]
 ```
 """
