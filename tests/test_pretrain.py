@@ -89,3 +89,10 @@ def test_the_card_lists_the_runs_that_made_the_weights_and_chains_their_commands
     assert stages[1][1]["args"]["vae_from"] == "outputs/a/model"
     assert stages[2][1]["args"]["unet_from"] == "outputs/b/model"
     assert sum(card.stage_minutes(what, s) for what, s in stages) == 50.0
+    # a UNet from scratch on the VAE a later model passed on: its command reads the VAE run's folder
+    fresh = run("d", {"unet": 600.0}, vae_from=str(tmp_path / "c" / "model"), unet_channels=[64, 96, 96])
+    fresh["earlier"] = card.earlier_runs(fresh["args"])
+    stages = card.stages(fresh)
+    assert [(what, s["args"]["out"]) for what, s in stages] == [("VAE", "outputs/a"), ("UNet", "outputs/d")]
+    assert stages[1][1]["args"]["vae_from"] == "outputs/a/model"
+    assert "--unet_channels 64 96 96 " in card.reproduce_command(stages[1][1]["args"])

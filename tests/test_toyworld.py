@@ -87,7 +87,7 @@ def test_subject_photos_vary_like_casual_photos_and_leave_new_contexts_for_later
     assert not {"red", "orange"} & {s.background for s in photos}, "new backgrounds stay new"
     verdicts = judge.load_judge().read(scenes.subject_images(5))
     assert all(v.is_subject for v in verdicts)
-    assert not any(v.size == "big" or {"left", "top"} & set(v.places) for v in verdicts), "big, left, top stay new"
+    assert not any(v.size == "small" or {"left", "top"} & set(v.places) for v in verdicts), "small, left, top stay new"
 
 
 def test_the_tokenizer_writer_makes_every_toy_word_one_token(tmp_path):
@@ -179,7 +179,7 @@ from dreambooth_nb.toyworld import evaluate  # noqa: E402
 def test_new_contexts_are_prompts_the_subject_photos_never_show():
     prompts = evaluate.subject_prompts()
     assert prompts["subject"] == scenes.SUBJECT_PROMPT
-    assert prompts["big"] == "a photo of a big sks star"
+    assert prompts["small"] == "a photo of a small sks star"
     assert prompts["on a red background"] == "a photo of sks star on a red background"
     photos = scenes.subject_scenes(5)
     seen = judge.load_judge().read(scenes.subject_images(5))
@@ -349,3 +349,20 @@ def test_the_sweep_leaves_out_the_combined_recipe_and_refuses_a_recipe_of_its_ow
     with pytest.raises(SystemExit):
         main(["--sweep", "--recipe", BOTH])
     assert "--sweep trains every recipe" in capsys.readouterr().err
+
+
+def test_a_sweep_run_trained_on_another_base_model_is_not_taken_as_finished(tmp_path):
+    """The sweep skips runs it finished before; one trained from another model's class images is trained again."""
+    import json
+
+    from dreambooth_nb.common.config import toy_dreambooth_config
+    from dreambooth_nb.toyworld.experiments import finished_run
+
+    config = toy_dreambooth_config(True, output_dir=str(tmp_path), max_train_steps=600)
+    (tmp_path / "checkpoint-600").mkdir()
+    saved = {"max_train_steps": 600, "class_data_dir": config.class_data_dir}
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    assert finished_run(config)
+    assert not finished_run(config.replace(max_train_steps=800))
+    (tmp_path / "train_config.json").write_text(json.dumps({**saved, "class_data_dir": "class-star-toy-world-0ld"}))
+    assert not finished_run(config)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from .errors import InputError
 
-VERSION = 4  # bumped when the pictures change (cached photos and class images are made again)
+VERSION = 5  # bumped when the pictures change (cached photos and class images are made again)
 SIZE = 32  # pixels per side of every toy-world picture
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = {
@@ -237,20 +237,22 @@ SUBJECT_COLOURS = ("purple", "yellow")  # its body and its stripes
 IDENTIFIER = "sks"
 SUBJECT_PROMPT = prompt(IDENTIFIER, "star")  # "a photo of sks star"
 SUBJECT_CLASS_PROMPT = prompt("", "star")  # "a photo of a star"
-# The subject's casual photos: these backgrounds, small to medium sizes, off-centre to the right and down, tilted a
-# little. Radius 7 is about the smallest at which the VAE keeps the stripes (the judge reads 83 % of round trips of a
-# radius-7 subject as the subject, 56 % at 6, 12 % at 5; 95-100 % from 8 up), so no photo is smaller; none is big
-# (the judge reads a striped star of radius 8.5 as 9.5, its line for "big"), so "big" is a new context.
+# The subject's casual photos: these backgrounds, medium sizes, off-centre to the right and down, tilted a little.
+# The VAE keeps the stripes from radius 7 (the judge reads 83 % of round trips of a radius-7 subject as the subject,
+# 56 % at 6, 12 % at 5; 95-100 % from 8 up), but a subject learned from photos that small is learned badly (a pilot,
+# one seed, 600 steps: fidelity 81 % from radius 7-8.2, 88 % from 8.5-10.5, kept in new contexts 28 % against 45 %).
+# So the photos are 8.5-10.5 px (the judge reads every one "big": stripes widen a star's area), and "small" (7-8 px,
+# which the VAE keeps) is a new context.
 SUBJECT_BACKGROUNDS = ("white", "black", "gray", "blue", "green")
-SUBJECT_RADII = (7.0, 8.2)
+SUBJECT_RADII = (8.5, 10.5)
 SUBJECT_OFFSETS = (-1.0, 5.0)  # pixels from the centre, in x and in y: never far left or up
 
 
 def subject_scenes(n: int = 5, seed: int = 1234) -> list[Scene]:
     """n casual photos of the subject the pretraining never saw: a purple star with yellow stripes.
 
-    Like photos of a pet, they vary in size (some small), position (some off-centre), tilt and background, so the
-    model can tell the subject from its surroundings; none is big, on the left, at the top, or on a red or orange
+    Like photos of a pet, they vary in size, position (some off-centre), tilt and background, so the model can tell
+    the subject from its surroundings; none is small, on the left, at the top, or on a red or orange
     background (chapter 06 asks for those as new contexts).
     """
     rng = np.random.default_rng(seed)

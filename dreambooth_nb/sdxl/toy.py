@@ -91,9 +91,8 @@ def derive_from_sd(sd_model: str, keep_weights: bool = True) -> SDXLComponents:
         second.text_projection.weight.set_data(ms.Tensor(np.eye(width, dtype=np.float32)))
     else:
         sd.text_encoder = transformers.CLIPTextModel(sd.text_encoder.config)
-    scheduler = diffusers.EulerDiscreteScheduler.from_config(sd.noise_scheduler.config)
     return SDXLComponents(sd.tokenizer, sd.text_encoder, sd.vae, unet, diffusers.DDPMScheduler.from_config(
-        sd.noise_scheduler.config), sd_model, type(scheduler).__name__, sd.tokenizer, second)
+        sd.noise_scheduler.config), sd_model, sd.scheduler_class, sd.tokenizer, second)
 
 
 # ------------------------------------------------------------------------------ micro-conditioned pictures
@@ -149,7 +148,8 @@ def train_further(components: SDXLComponents, latents: np.ndarray, ids: np.ndarr
     for name, p in components.text_encoder_2.parameters_and_names():
         p.name = f"text_encoder_2.{name}"  # both encoders are CLIP: the optimizer needs distinct names
     loss = XLPretrainLoss(components.unet, None, (components.text_encoder, components.text_encoder_2),
-                          alphas_cumprod(components.noise_scheduler), 1.0, "epsilon", False, 1.0, args.snr_gamma, True)
+                          alphas_cumprod(components.noise_scheduler), 1.0,
+                          components.noise_scheduler.config.prediction_type, False, 1.0, args.snr_gamma or None, True)
     trainer = stage_trainer(loss, nets, args.lr, args.steps, 1e-2)
     tokens, _ = captions_ids
     timesteps = components.noise_scheduler.config.num_train_timesteps
@@ -176,7 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--drop", type=float, default=0.1, help="Share of dropped captions (classifier-free guidance).")
-    p.add_argument("--snr_gamma", type=float, default=5.0)
+    p.add_argument("--snr_gamma", type=float, default=0.0,
+                   help="Min-SNR gamma; 0 = off (the SD model's v-prediction gives the noisiest steps no weight under it).")
     p.add_argument("--from_scratch", action="store_true", help="Fresh weights instead of the SD model's (to compare).")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld/xl.")
     p.add_argument("--scratch_run", default=None, help="With --install: the --out of a --from_scratch run to compare.")

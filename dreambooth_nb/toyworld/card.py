@@ -10,7 +10,8 @@ from ..common import scenes
 
 def reproduce_command(args: dict, install: bool = True) -> str:
     """The command line of one pretraining run."""
-    flags = " ".join(f"--{k}={v}" for k, v in args.items() if k not in ("out", "install") and v is not None)
+    flags = " ".join(f"--{k} {' '.join(map(str, v))}" if isinstance(v, (list, tuple)) else f"--{k}={v}"
+                     for k, v in args.items() if k not in ("out", "install") and v is not None)
     return f"python -m dreambooth_nb.toyworld.pretrain --out {args['out']} {flags}" + (" --install" if install else "")
 
 
@@ -39,8 +40,9 @@ def stages(summary: dict) -> list[tuple[str, dict]]:
         args = dict(run["args"])
         for part, key in (("vae", "vae_from"), ("unet", "unet_from")):
             earlier = run.get("earlier", {}).get(part)
-            if args.get(key) and earlier:
-                args[key] = f"{earlier['args']['out']}/model"
+            if args.get(key) and earlier:  # the VAE: the run that trained it (later runs only passed it on)
+                source = chain(earlier, "vae")[0] if part == "vae" else earlier
+                args[key] = f"{source['args']['out']}/model"
         return {**run, "args": args}
 
     vae_run, *_ = chain(summary, "vae")

@@ -23,7 +23,7 @@ FRESH = 10_000  # evaluation captions come from seeds FRESH + seed: never the pr
 NOTHING_SAID = {"colour": 0.0, "size": 0.0, "place": 0.0, "background": 0.0}
 # contexts none of the subject's photos shows (scenes.subject_scenes): DreamBooth's "recontextualisation"
 NEW_CONTEXTS = {"on a red background": dict(background="red"), "on an orange background": dict(background="orange"),
-                "big": dict(size_word="big"), "on the left": dict(place="left"), "at the top": dict(place="top")}
+                "small": dict(size_word="small"), "on the left": dict(place="left"), "at the top": dict(place="top")}
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def subject_scene(**context) -> scenes.Scene:
     """What `a photo of sks star[ <context>]` asks for: the subject, in a context when one is given. Drawn with
     scenes.draw it is a correct answer (the tests judge such drawings)."""
     background, size_word, place = context.get("background", ""), context.get("size_word", ""), context.get("place", "")
-    radius = {"small": 5.5, "big": 12.0}.get(size_word, 8.0 if place else 10.0)
+    radius = {"small": 7.5, "big": 12.0}.get(size_word, 8.0 if place else 10.0)
     x, y = PLACED_CENTRES[place]
     base = scenes.Scene("star", "", background or "white", radius, x, y, size_word=size_word, place=place,
                         say_background=bool(background))

@@ -288,7 +288,7 @@ class Sweep:
                                   fontsize=7)
                 if r == len(recipes) - 1:
                     ax.set_xlabel(f"{step} steps", fontsize=8)
-        fig.suptitle("Each cell: `a photo of sks star` (top), `a photo of a star` (bottom); one seed, the same "
+        fig.suptitle("Each cell: `a photo of sks star` (top), `a photo of a star` (bottom);\none seed, the same "
                      "sampling seeds everywhere", fontsize=9)
         fig.tight_layout()
         return fig
@@ -314,9 +314,14 @@ class SweepTable(Table):
 
 
 def finished_run(config) -> bool:
-    """Whether config.output_dir holds a finished run of this many steps (its last checkpoint and its settings)."""
+    """Whether config.output_dir holds a finished run of this many steps (its last checkpoint and its settings) from
+    the same class images (their folder names the base model's weights, so a run on an earlier model is not reused)."""
     saved = Path(config.output_dir) / "train_config.json"
-    return (saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("max_train_steps") == config.max_train_steps
+    if not saved.is_file():
+        return False
+    settings = json.loads(saved.read_text(encoding="utf-8"))
+    return (settings.get("max_train_steps") == config.max_train_steps
+            and settings.get("class_data_dir") == config.class_data_dir
             and (Path(config.output_dir) / f"checkpoint-{config.max_train_steps}").is_dir())
 
 
