@@ -180,7 +180,7 @@ def strength_grid(pipe, adapters, prompts: list[str], strengths=(0.0, 0.25, 0.5,
     for prompt in prompts:
         for strength in strengths:
             merge_adapters(pipe, adapters, strength)
-            images += generate(pipe, [prompt], [seed], batch_size=1)
+            images += generate(pipe, [prompt], [seed])  # the sampler's usual batch: no compile of its own
             titles.append(f"strength {strength:g}" + (f"\n{prompt}" if strength == strengths[0] else ""))
     unmerge_adapters(pipe)
     return show_images(images, titles=titles, ncols=len(strengths), scale=1.6)

@@ -204,9 +204,10 @@ def read_loop_table(scheduler, steps: int) -> LoopTable | None:
 
 def loop_table(pipe, steps: int) -> LoopTable | None:
     """The pipeline's sampler as a table (cached), or None where the loop cannot run as one graph: not a plain
-    Stable Diffusion pipeline (SDXL's extra conditioning, a test's stand-in), or a sampler that draws noise."""
+    Stable Diffusion or SDXL pipeline (a test's stand-in), or a sampler that draws noise."""
     diffusers = import_quietly("mindone.diffusers")
-    if type(pipe) is not diffusers.StableDiffusionPipeline or pipe.unet.config.time_cond_proj_dim is not None:
+    if type(pipe) not in (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline) \
+            or pipe.unet.config.time_cond_proj_dim is not None:
         return None
     key = (type(pipe.scheduler).__name__, json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str), steps)
     if key not in _TABLES:
@@ -228,8 +229,10 @@ def sampling_loop_class():
             super().__init__()
             self.unet = unet
 
-        def construct(self, noise, embeddings, weights, input_scales, timesteps, calls, scale, guided: bool):
+        def construct(self, noise, embeddings, weights, input_scales, timesteps, calls, scale, guided: bool,
+                      text_embeds=None, time_ids=None):
             capacity = input_scales.shape[0]
+            added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}  # SDXL
             spread = (capacity,) + (1,) * noise.ndim
             predictions = ops.zeros(spread[:1] + noise.shape, noise.dtype)
             i = ms.Tensor(0, ms.int32)
@@ -238,7 +241,7 @@ def sampling_loop_class():
                 latents = row[0] * noise + (row[1:].reshape(spread) * predictions).sum(0)
                 model_input = ops.cat([latents, latents]) if guided else latents
                 out = self.unet(model_input * input_scales[i], timesteps[i], encoder_hidden_states=embeddings,
-                                return_dict=False)[0]
+                                added_cond_kwargs=added, return_dict=False)[0]
                 if guided:
                     uncond, cond = out.chunk(2)
                     out = uncond + scale * (cond - uncond)
@@ -287,7 +290,16 @@ def sample_in_one_graph(pipe, prompts: list[str], table: LoopTable, num_inferenc
     from mindspore import ops
 
     guided = guidance_scale > 1
-    positive, negative = pipe.encode_prompt(prompts, 1, guided, negative_prompt)
+    added = ()
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: the pooled vector and the size/crop time ids too
+        positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=prompts, num_images_per_prompt=1, do_classifier_free_guidance=guided, negative_prompt=negative_prompt)
+        ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=positive.dtype,
+                                     text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        pooled = ops.cat([negative_pooled, pooled]) if guided else pooled
+        added = (pooled, ids.tile((pooled.shape[0], 1)))
+    else:
+        positive, negative = pipe.encode_prompt(prompts, 1, guided, negative_prompt)
     embeddings = ops.cat([negative, positive]) if guided else positive
     pipe.scheduler.set_timesteps(num_inference_steps)  # as the pipeline does first: the noise's scale depends on it
     noise = pipe.prepare_latents(len(prompts), pipe.unet.config.in_channels, height, width, positive.dtype,
@@ -295,7 +307,7 @@ def sample_in_one_graph(pipe, prompts: list[str], table: LoopTable, num_inferenc
     weights, scales, timesteps = padded_table(table)
     final = sampling_loop(pipe.unet)(noise, embeddings, ms.Tensor(weights, noise.dtype), ms.Tensor(scales, noise.dtype),
                                      ms.Tensor(timesteps), ms.Tensor(len(table.timesteps), ms.int32),
-                                     ms.Tensor(guidance_scale, noise.dtype), guided)
+                                     ms.Tensor(guidance_scale, noise.dtype), guided, *added)
     pixels = pipe.vae.decode((final / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
     return pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * len(prompts))
 

@@ -199,3 +199,70 @@ def test_edm_style_training_runs_and_matches_the_plain_objective_for_epsilon_mod
     edm = train_sdxl_lora(_config(tmp_path / "edm", tiny_xl, max_train_steps=2, do_edm_style_training=True),
                           load_sdxl_components(tiny_xl), progress=False)
     np.testing.assert_allclose(edm.losses(), plain.losses(), rtol=2e-3)
+
+
+@pytest.mark.slow
+def test_the_sdxl_loop_compiled_as_one_graph_draws_the_pipelines_pictures(tiny_xl):
+    """generate() runs SDXL's denoising loop as one graph too (pooled vector and time ids passed in); the pictures
+    are mindone's StableDiffusionXLPipeline's own, guided and unguided, to 8-bit rounding."""
+    from dreambooth_nb import sampling
+    from dreambooth_nb.sdxl.model import load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline(tiny_xl)
+    assert sampling.loop_table(pipe, 3) is not None
+    prompts, seeds = ["a photo of sks dog", "a dog on the beach"], [4, 5]
+    for guidance in (5.0, 1.0):
+        ours = sampling.generate(pipe, prompts, seeds, num_inference_steps=3, guidance_scale=guidance, batch_size=2,
+                                 size=32)
+        theirs = pipe(prompts, num_inference_steps=3, guidance_scale=guidance, height=32, width=32, output_type="pil",
+                      generator=[np.random.default_rng(s) for s in seeds])[0]
+        for a, b in zip(ours, theirs):
+            assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+def test_the_sdxl_twin_of_a_lora_run_keeps_every_shared_setting():
+    """sdxl_config_of (chapter 09, the panels' SDXL switch) moves a LoRA run to the toy SDXL: model, class images,
+    32 px and folder change, every other shared setting stays; chapter 09's run is chapter 08's recipe."""
+    from dataclasses import fields
+
+    from dreambooth_nb.common.config import LoraTrainConfig, lora_config, sdxl_config_of, sdxl_lora_config
+
+    lora = lora_config(seed=3, lora_rank=8, prior_loss_weight=0.5)
+    xl = sdxl_config_of(lora)
+    changed = {"pretrained_model_name_or_path", "class_data_dir", "resolution", "output_dir"}
+    for f in fields(LoraTrainConfig):
+        if f.name not in changed:
+            assert getattr(xl, f.name) == getattr(lora, f.name), f.name
+    assert xl.pretrained_model_name_or_path == "toy-world-xl" and xl.resolution == 32
+    assert xl.class_data_dir != lora.class_data_dir and xl.output_dir.endswith("xl")
+    chapter = sdxl_lora_config()
+    assert (chapter.learning_rate, chapter.lora_rank, chapter.max_train_steps) == (
+        lora_config().learning_rate, lora_config().lora_rank, lora_config().max_train_steps)
+    assert xl.validate() is xl
+
+
+def test_the_panels_sdxl_switch_trains_the_same_settings_on_the_toy_sdxl():
+    from dreambooth_nb.common.config import LoraTrainConfig
+    from dreambooth_nb.sdxl.panels import sdxl_panels
+
+    train, generate = sdxl_panels()
+    assert train.family.value == "SDXL" and generate.family.value == "SDXL"
+    train.set("seed", 7)
+    run = train.run_config()
+    assert isinstance(run, SDXLLoraTrainConfig) and run.seed == 7 and run.pretrained_model_name_or_path == "toy-world-xl"
+    train.family.value = "SD"
+    run = train.run_config()
+    assert type(run) is LoraTrainConfig and run.seed == 7 and run.pretrained_model_name_or_path == "toy-world"
+
+
+def test_conditioned_gives_the_unet_the_asked_time_ids_and_then_the_pipelines_own():
+    from dreambooth_nb.sdxl.model import conditioned
+
+    class Pipe:
+        def _get_add_time_ids(self, original_size, crops_coords_top_left, target_size, **kwargs):
+            return (*original_size, *crops_coords_top_left, *target_size)
+
+    pipe = Pipe()
+    with conditioned(pipe, 16, (0, 8)):
+        assert pipe._get_add_time_ids((32, 32), (0, 0), (32, 32), dtype=None) == (16, 16, 0, 8, 32, 32)
+    assert pipe._get_add_time_ids((32, 32), (0, 0), (32, 32)) == (32, 32, 0, 0, 32, 32)

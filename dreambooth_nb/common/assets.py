@@ -54,8 +54,8 @@ def toy_xl_model_path() -> Path:
     path = toy_world_dir() / "xl" / "model"
     if not (path / "model_index.json").is_file():
         raise MissingFileError(
-            f"The toy-world SDXL is not in {path}: this release does not ship it. Build it with `python -m "
-            f"dreambooth_nb.sdxl.toy --out outputs/toyworld-xl --install`, or give --pretrained_model_name_or_path an "
+            f"The toy-world SDXL is not in {path} (the package ships it): reinstall dreambooth-nb, rebuild it with the "
+            f"commands of dreambooth_nb/assets/toyworld/xl/MODEL_CARD.md, or give --pretrained_model_name_or_path an "
             f"SDXL hub id or folder (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
     return path
 

@@ -317,10 +317,11 @@ def apply_test_profile(config: TrainConfig) -> TrainConfig:
     if not defaults.fast_profile():
         return config
     steps = min(config.max_train_steps or defaults.TEST_PROFILE_STEPS, defaults.TEST_PROFILE_STEPS)
-    return config.replace(
-        max_train_steps=steps, num_class_images=min(config.num_class_images, defaults.TEST_PROFILE_CLASS_IMAGES),
-        validation_steps=max(steps, 1), checkpointing_steps=min(config.checkpointing_steps, max(steps // 2, 1)),
-    )
+    changes = dict(max_train_steps=steps, num_class_images=min(config.num_class_images, defaults.TEST_PROFILE_CLASS_IMAGES),
+                   checkpointing_steps=min(config.checkpointing_steps, max(steps // 2, 1)))
+    if "validation_steps" in {f.name for f in offered_fields(type(config))}:  # LoRA commands validate per epoch
+        changes["validation_steps"] = max(steps, 1)
+    return config.replace(**changes)
 
 
 def class_images_dir(model: str, class_prompt: str) -> str:
@@ -580,13 +581,20 @@ def lora_playground_config(**changes) -> LoraTrainConfig:
 XL_DIR = Path("outputs") / "09-sdxl"
 
 
-def sdxl_lora_config(**changes) -> SDXLLoraTrainConfig:
-    """Chapter 09's run: chapter 08's LoRA recipe on the toy-world SDXL (its own class images, 32 px)."""
+def sdxl_config_of(lora: LoraTrainConfig, **changes) -> SDXLLoraTrainConfig:
+    """The same LoRA run on the toy-world SDXL: every shared setting kept; the model, its own class images and 32 px
+    changed; written beside the SD run (output_dir/../xl) unless changes say otherwise."""
     from . import scenes
 
-    lora = lora_config(output_dir=str(XL_DIR / "adapters"))
     settings = {f.name: getattr(lora, f.name) for f in fields(LoraTrainConfig)}
     settings.update(pretrained_model_name_or_path=defaults.TOY_XL_MODEL, resolution=scenes.SIZE,
-                    class_data_dir=class_images_dir(defaults.TOY_XL_MODEL, scenes.SUBJECT_CLASS_PROMPT),
-                    adam_weight_decay=lora.adam_weight_decay)
+                    class_data_dir=class_images_dir(defaults.TOY_XL_MODEL, lora.class_prompt or scenes.SUBJECT_CLASS_PROMPT),
+                    output_dir=str(Path(lora.output_dir).with_name("xl")))
     return SDXLLoraTrainConfig(**{**settings, **changes})
+
+
+def sdxl_lora_config(**changes) -> SDXLLoraTrainConfig:
+    """Chapter 09's run: chapter 08's LoRA recipe on the toy-world SDXL (its own class images, 32 px)."""
+    settings = dict(output_dir=str(XL_DIR / "adapters"), validation_prompt="a photo of sks star", num_validation_images=4,
+                    validation_epochs=defaults.by_profile((50, 5)))  # samples at 3 steps of the run (2 in the test profile)
+    return sdxl_config_of(lora_config(), **{**settings, **changes})

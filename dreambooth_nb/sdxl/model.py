@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..common.runtime import import_quietly
 from ..models import Components, hub_access, require_model_parts
 from ..sampling import remember_guidance
 from ..common.errors import MissingFileError
+from ..common.tables import Table
 
 SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -106,21 +108,164 @@ def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], tar
     return np.array([*original_size, *crop_top_left, *target_size], dtype=np.float32)
 
 
-def micro_conditioning_grid(pipe, prompt: str, seed: int = defaults.SEED, originals=(16, 32, 64),
-                            crops=((0, 0), (0, 8), (8, 0)), steps: int | None = None):
+@contextlib.contextmanager
+def conditioned(pipe, original: int, crop: tuple[int, int] = (0, 0)):
+    """Inside the block, the pipeline gives its UNet these time ids (original size, crop corner; the target size is
+    the picture's) whatever it is asked: the compiled sampling loop takes them as numbers, so nothing recompiles."""
+    own = pipe._get_add_time_ids
+
+    def with_ids(original_size, crops_coords_top_left, target_size, **kwargs):
+        return own((original, original), tuple(crop), target_size, **kwargs)
+
+    pipe._get_add_time_ids = with_ids
+    try:
+        yield pipe
+    finally:
+        del pipe._get_add_time_ids  # the class's own method again
+
+
+MICRO_ORIGINALS = (8, 16, 64)
+MICRO_CROPS = ((0, 0), (0, 8), (8, 0))
+
+
+def micro_conditioning_grid(pipe, prompt: str, seed: int = defaults.SEED, originals=MICRO_ORIGINALS,
+                            crops=MICRO_CROPS, title: str | None = None):
     """The same prompt and seed with only SDXL's time ids changed: one row per original size (the size a training
     picture had before it was resized), one column per crop's top-left corner. Returns the figure."""
     from ..common.viz import show_images
-    from ..sampling import default_guidance, default_size
+    from ..sampling import generate
 
-    size = default_size(pipe)
     images, titles = [], []
     for original in originals:
-        for top, left in crops:
-            out = pipe(prompt, original_size=(original, original), crops_coords_top_left=(top, left),
-                       target_size=(size, size), height=size, width=size, guidance_scale=default_guidance(pipe),
-                       num_inference_steps=steps or defaults.inference_steps(),
-                       generator=np.random.default_rng(seed), output_type="pil")
-            images.append(out[0][0])
-            titles.append(f"original {original} px\ncrop at ({top}, {left})")
-    return show_images(images, titles=titles, ncols=len(crops), scale=1.5, suptitle=prompt)
+        for crop in crops:
+            with conditioned(pipe, original, crop):
+                images += generate(pipe, [prompt], [seed])
+            titles.append(f"original {original} px\ncrop at {tuple(crop)}")
+    return show_images(images, titles=titles, ncols=len(crops), scale=1.5, suptitle=title or prompt)
+
+
+def sharpness(image) -> float:
+    """Root mean square of the differences between neighbouring pixels (0-255): an edge blurred over n pixels has the
+    same total change in n steps n times smaller, so its squares sum to 1/n of a crisp edge's."""
+    x = np.asarray(image, np.float32)
+    return float(np.sqrt((np.square(np.diff(x, axis=0)).mean() + np.square(np.diff(x, axis=1)).mean()) / 2))
+
+
+def object_size(image) -> float:
+    """The object's size in pixels: the square root of its area as the judge finds it (0 if there is none)."""
+    from ..common.judge import foreground
+
+    return float(np.sqrt(foreground(image).sum()))
+
+
+def centre_of_object(image) -> tuple[float, float]:
+    """(x, y) of the object's centre of mass in pixels, as the judge finds the object (the picture's centre if none)."""
+    from ..common.judge import foreground
+
+    mask = foreground(image)
+    if not mask.any():
+        return (mask.shape[1] - 1) / 2, (mask.shape[0] - 1) / 2
+    rows, cols = np.nonzero(mask)
+    return float(cols.mean()), float(rows.mean())
+
+
+@dataclass(repr=False)
+class MicroConditioning(Table):
+    """Per time-id setting, measured over the same seeds: how crisp the pictures are and where the object sits."""
+
+    measures: dict  # label -> {"original": px, "crop": (top, left), "sharpness": mean, "x": mean, "y": mean}
+    seeds: int = 0
+    header = ("original size", "crop corner (top, left)", "sharpness", "object size", "object x", "object y")
+
+    def rows(self) -> list[tuple]:
+        return [(f"{m['original']} px", str(m["crop"]), f"{m['sharpness']:.1f}", f"{m['size']:.1f}", f"{m['x']:.1f}",
+                 f"{m['y']:.1f}") for m in self.measures.values()]
+
+    @property
+    def caption(self) -> str:
+        return (f"{self.seeds} seeds per row, the same seeds in every row; sharpness: root mean square difference "
+                f"between neighbouring pixels (0-255); object size: square root of its area (px); object x, y: its "
+                f"centre (16 is the middle)")
+
+    def spread(self, key: str) -> float:
+        """Largest minus smallest of one measure across the settings (0: the time ids change nothing)."""
+        values = [m[key] for m in self.measures.values()]
+        return max(values) - min(values)
+
+
+def micro_conditioning_measures(pipe, prompt: str, seeds=range(8), originals=MICRO_ORIGINALS,
+                                crops=MICRO_CROPS) -> MicroConditioning:
+    """Each original size with the crop at (0, 0), then each crop at the largest original size: the mean sharpness
+    and object centre over the same seeds (the grid's pictures, measured instead of looked at)."""
+    from ..sampling import generate
+
+    settings = [(o, (0, 0)) for o in originals] + [(originals[-1], tuple(c)) for c in crops if tuple(c) != (0, 0)]
+    measures = {}
+    for original, crop in settings:
+        with conditioned(pipe, original, crop):
+            images = generate(pipe, [prompt] * len(list(seeds)), list(seeds))
+        centres = np.array([centre_of_object(im) for im in images])
+        measures[f"{original} {crop}"] = dict(original=original, crop=crop, x=float(centres[:, 0].mean()),
+                                              y=float(centres[:, 1].mean()),
+                                              size=float(np.mean([object_size(im) for im in images])),
+                                              sharpness=float(np.mean([sharpness(im) for im in images])))
+    return MicroConditioning(measures, len(list(seeds)))
+
+
+def show_text_features(pipe, prompt: str):
+    """What SDXL's UNet reads for a prompt, as pictures: each token's features from the first encoder and from the
+    second (side by side, as cross-attention gets them) and the second encoder's pooled vector. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from ..models import prompt_tokens
+
+    context, pooled = sdxl_prompt_embeddings(pipe, prompt)
+    first = pipe.text_encoder.config.hidden_size
+    tokens = [t.replace("</w>", "") for t in prompt_tokens(pipe.tokenizer, prompt).tokens]
+    shown = context[0, :len(tokens)]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw={"width_ratios": [first, shown.shape[1] - first, 12]})
+    limit = float(np.abs(shown).max())
+    for ax, part, name in ((axes[0], shown[:, :first], "text_encoder (CLIPTextModel)"),
+                           (axes[1], shown[:, first:], "text_encoder_2 (with projection)")):
+        ax.imshow(part, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+        ax.set_title(f"{name}\n{part.shape[1]} features per token (second-to-last layer)", fontsize=8)
+        ax.set_xlabel("feature")
+    axes[1].set_yticks([])
+    axes[2].imshow(pooled.reshape(-1, 1), cmap="coolwarm", aspect="auto")
+    axes[2].set_xticks([])
+    axes[2].set_title(f"pooled\n({pooled.shape[1]})", fontsize=8)
+    fig.suptitle(f"{prompt!r}: context {tuple(context.shape)} for cross-attention, pooled {tuple(pooled.shape)} "
+                 f"added to the time embedding", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(repr=False)
+class SDXLParts(Table):
+    """An SDXL pipeline's networks: class, weights, and what each one gives the UNet."""
+
+    parts: list  # (name, class name, weights, role)
+    header = ("part", "class", "weights", "what it does")
+
+    def rows(self) -> list[tuple]:
+        return [(name, kind, f"{count:,}", role) for name, kind, count, role in self.parts]
+
+
+def sdxl_parts(pipe) -> SDXLParts:
+    """The pieces of an SDXL pipeline with their sizes, read from the loaded networks and their configs."""
+    unet = pipe.unet.config
+
+    def count(net) -> int:
+        return sum(int(p.size) for p in net.get_parameters())
+
+    roles = {
+        "text_encoder": f"token features, {pipe.text_encoder.config.hidden_size} per token (second-to-last layer)",
+        "text_encoder_2": f"token features, {pipe.text_encoder_2.config.hidden_size} per token, and the pooled vector "
+                          f"({pipe.text_encoder_2.config.projection_dim})",
+        "unet": f"reads both side by side ({unet.cross_attention_dim} per token), the pooled vector and 6 time ids "
+                f"({unet.addition_embed_type}, {unet.addition_time_embed_dim} features each)",
+        "vae": f"pictures to latents and back ({pipe.vae.config.latent_channels} channels, 1/"
+               f"{2 ** (len(pipe.vae.config.block_out_channels) - 1)} of the size)"}
+    return SDXLParts([(name, type(getattr(pipe, name)).__name__, count(getattr(pipe, name)), role)
+                      for name, role in roles.items()])

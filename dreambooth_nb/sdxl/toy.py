@@ -13,6 +13,7 @@ what SDXL adds. The stage runs on the training engine's step and checkpoints, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -95,13 +96,40 @@ def derive_from_sd(sd_model: str, keep_weights: bool = True) -> SDXLComponents:
         sd.noise_scheduler.config), sd_model, sd.scheduler_class, sd.tokenizer, second)
 
 
+DERIVED_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@contextlib.contextmanager
+def derived_weights(pipe, sd_model: str = defaults.TOY_MODEL):
+    """Inside the block, the SDXL pipeline's UNet and text encoders hold what deriving from the SD model gives, before
+    any training (a few seconds); its own weights come back after. They are written in place, so the sampler the
+    pipeline compiled keeps serving (the two have the same architecture)."""
+    from ..common.runtime import write_in_place
+
+    derived = derive_from_sd(sd_model)
+    saved = {}
+    try:
+        for name in DERIVED_NETWORKS:
+            source = dict(getattr(derived, name).parameters_and_names())
+            for key, param in getattr(pipe, name).parameters_and_names():
+                saved[(name, key)] = param.asnumpy().copy()
+                write_in_place(param, source[key].asnumpy())
+        yield pipe
+    finally:
+        for name in DERIVED_NETWORKS:
+            for key, param in getattr(pipe, name).parameters_and_names():
+                if (name, key) in saved:
+                    write_in_place(param, saved[(name, key)])
+
+
 # ------------------------------------------------------------------------------ micro-conditioned pictures
-def conditioned_picture(scene: scenes.Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def conditioned_picture(scene: scenes.Scene, rng: np.random.Generator,
+                        originals=ORIGINAL_SIZES) -> tuple[np.ndarray, np.ndarray]:
     """A toy picture as SDXL's data would give it: drawn at a random original size, resized (and half the time cut
     from a larger resize at a random place); returns the 32 px picture and its time ids."""
     from PIL import Image
 
-    original = int(rng.choice(ORIGINAL_SIZES))
+    original = int(rng.choice(originals))
     picture = scenes.draw(scene, original)
     if rng.random() < 0.5:
         size = scenes.SIZE + CROP_MARGIN
@@ -112,11 +140,11 @@ def conditioned_picture(scene: scenes.Scene, rng: np.random.Generator) -> tuple[
     return np.asarray(picture), time_ids((original, original), (top, left), (scenes.SIZE, scenes.SIZE))
 
 
-def conditioned_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def conditioned_dataset(n: int, seed: int, originals=ORIGINAL_SIZES) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """n pictures, their time ids and captions; deterministic from the seed."""
     made = scenes.scenes(n, seed)
     rng = np.random.default_rng([seed, 9])
-    pairs = [conditioned_picture(s, rng) for s in made]
+    pairs = [conditioned_picture(s, rng, originals) for s in made]
     return np.stack([p for p, _ in pairs]), np.stack([t for _, t in pairs]), [s.caption() for s in made]
 
 
@@ -179,6 +207,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--snr_gamma", type=float, default=0.0,
                    help="Min-SNR gamma; 0 = off (the SD model's v-prediction gives the noisiest steps no weight under it).")
     p.add_argument("--from_scratch", action="store_true", help="Fresh weights instead of the SD model's (to compare).")
+    p.add_argument("--from_xl", default=None,
+                   help="Continue from this SDXL folder (an earlier stage's --out/model) instead of deriving anew.")
+    p.add_argument("--originals", type=int, nargs="+", default=list(ORIGINAL_SIZES),
+                   help="Original sizes (px) the training pictures are drawn at before resizing to 32.")
     p.add_argument("--install", action="store_true", help="Copy the result into dreambooth_nb/assets/toyworld/xl.")
     p.add_argument("--scratch_run", default=None, help="With --install: the --out of a --from_scratch run to compare.")
     return p.parse_args(argv)
@@ -195,8 +227,13 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runtime.setup(show=False, seed=args.seed)
     wall = time.time()
-    components = derive_from_sd(args.from_model, keep_weights=not args.from_scratch)
-    images, ids, captions = conditioned_dataset(args.images, args.seed)
+    if args.from_xl:
+        from .model import load_sdxl_components
+
+        components = load_sdxl_components(args.from_xl)
+    else:
+        components = derive_from_sd(args.from_model, keep_weights=not args.from_scratch)
+    images, ids, captions = conditioned_dataset(args.images, args.seed, tuple(args.originals))
     latents = encode_latents(components.vae, images) * float(components.vae.config.scaling_factor)
     log = train_further(components, latents, ids, tokenize_with_mask(components.tokenizer, captions), args, out)
     sdxl_pipeline(components).save_pretrained(str(out / "model"))
@@ -226,6 +263,9 @@ def install(out: Path, compared: str | None = None) -> Path:
         settings.pop("_name_or_path", None)
         config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     summary = json.loads((out / "summary.json").read_text())
+    earlier = summary["args"].get("from_xl")
+    if earlier:  # a stage that continued an earlier one: its card tells both
+        summary["earlier"] = json.loads((Path(earlier).parent / "summary.json").read_text())
     summary["evaluation"] = str(prompt_following_table(pipe=load_sdxl_pipeline(str(target / "model"))))
     if compared:
         other = json.loads((Path(compared) / "summary.json").read_text())
@@ -242,7 +282,13 @@ def xl_model_card(summary: dict, model: Path) -> str:
     from ..toyworld.card import parameters, read_config
 
     a, unet = summary["args"], read_config(model, "unet")
-    flags = " ".join(f"--{k}={v}" for k, v in a.items() if k not in ("out", "install", "from_scratch") and v is not None)
+    stages = [*([summary["earlier"]] if summary.get("earlier") else []), summary]
+    commands = "\n".join(f"python -m dreambooth_nb.sdxl.toy --out {s['args']['out']} {stage_flags(s['args'])}"
+                         for s in stages) + " --install"
+    trained = "; then ".join(
+        f"{s['args']['steps']} AdamW steps on {s['args']['images']} pictures drawn at "
+        f"{', '.join(map(str, s['args'].get('originals', ORIGINAL_SIZES)))} px, batch {s['args']['batch']}, lr "
+        f"{s['args']['lr']} ({s['seconds'] / 60:.0f} min)" for s in stages)
     scratch = summary.get("from_scratch")
     compared = (f"""
 ## Deriving against training from scratch
@@ -262,23 +308,31 @@ The toy world's SDXL: `StableDiffusionXLPipeline` layout (two text encoders, `CL
 Derived from the toy-world SD model (`dreambooth_nb.sdxl.toy.derive_from_sd`): every UNet weight SDXL shares with SD
 copied; the cross-attention keys and values read both encoders' features side by side ({unet['cross_attention_dim']}
 wide; the second encoder's half starts at zero); the text-time embedding starts at zero; the second text encoder is
-a copy of the first with an identity projection. Then trained further on {a['images']} toy pictures drawn at a random
-original size ({", ".join(map(str, ORIGINAL_SIZES))} px) and resized to {scenes.SIZE} px, half of them cut from a
-{scenes.SIZE + CROP_MARGIN} px resize at a random place, each with its time ids (original size, crop top-left, target
-size): {a['steps']} AdamW steps, batch {a['batch']}, lr {a['lr']}, Min-SNR gamma {a['snr_gamma']}, {a['drop']:.0%} of the
-captions dropped. UNet {parameters(model, 'unet'):,} weights; text encoders {parameters(model, 'text_encoder'):,} +
-{parameters(model, 'text_encoder_2'):,}. Final loss {summary['loss']:.4f}; {summary['seconds'] / 60:.0f} min on a shared
-2-core CPU, MindSpore {summary['versions']['mindspore']}, mindone {summary['versions']['mindone']}.
+a copy of the first with an identity projection. Then trained further, UNet and both encoders, on toy pictures drawn
+at a random original size and resized to {scenes.SIZE} px, half of them cut from a {scenes.SIZE + CROP_MARGIN} px
+resize at a random place, each with its time ids (original size, crop top-left, target size), {a['drop']:.0%} of the
+captions dropped, Min-SNR gamma {a['snr_gamma']}: {trained}. The second stage added the 8 and 12 px originals, whose
+blur survives the VAE (16 px and larger come out of its round trip about as sharp as 64 px). UNet
+{parameters(model, 'unet'):,} weights; text encoders {parameters(model, 'text_encoder'):,} +
+{parameters(model, 'text_encoder_2'):,}. Final loss {summary['loss']:.4f}; on a shared 2-core CPU, MindSpore
+{summary['versions']['mindspore']}, mindone {summary['versions']['mindone']}.
 
 ## How well it follows prompts
 {summary['evaluation']}
 {compared}
 ## Reproduce
 ```
-python -m dreambooth_nb.sdxl.toy --out {a['out']} {flags} --install
+{commands}
 ```
-The stage checkpoints as it goes and resumes when the command is run again with the same `--out`.
+Each stage checkpoints as it goes and resumes when its command is run again with the same `--out`.
 """
+
+
+def stage_flags(args: dict) -> str:
+    """A stage's command-line flags from its summary (the ones that shape the result)."""
+    skip = ("out", "install", "from_scratch", "scratch_run")
+    return " ".join(f"--{k}" + (" " + " ".join(map(str, v)) if isinstance(v, list) else f"={v}")
+                    for k, v in args.items() if k not in skip and v is not None)
 
 
 def tiny_sdxl_path() -> Path:

@@ -3,6 +3,7 @@ conditioning, optional EDM-style objective), its batches, and the method the eng
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +213,14 @@ def train_sdxl_lora(config: SDXLLoraTrainConfig, components: SDXLComponents | No
     from ..train.engine import train_dreambooth
 
     return train_dreambooth(config, components, progress, on_step, method=SDXL_LORA)
+
+
+def sdxl_lora_pipeline(adapters: str | os.PathLike, model: str | os.PathLike | None = None):
+    """The toy-world SDXL (or `model`) with the adapters loaded by mindone's load_lora_weights, the guide's way (their
+    strength is then fixed at 1: merge_adapters on a plain pipeline gives a slider)."""
+    from ..lora import load_adapters
+    from .model import load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline(model)
+    load_adapters(pipe, adapters)
+    return pipe
