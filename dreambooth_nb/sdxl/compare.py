@@ -9,17 +9,14 @@ from pathlib import Path
 
 from ..common.assets import resolve_model
 from ..common.tables import Table
+from ..models import count_parameters
 from ..lora import adapter_file, finished_run_of, merge_adapters, pipeline_bytes, unmerge_adapters
-
-
-def parameters(net) -> int:
-    """Number of weights in a network."""
-    return sum(int(p.size) for p in net.get_parameters())
 
 
 def text_parameters(pipe) -> int:
     """Weights of the pipeline's text encoder(s): one for SD, two for SDXL."""
-    return sum(parameters(net) for net in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if net is not None)
+    return sum(count_parameters(net) for net in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+               if net is not None)
 
 
 def adapter_parameters(folder) -> int:
@@ -80,7 +77,7 @@ def measure(pipe, config, seed: int) -> tuple[dict, list]:
     """One model's row (its sizes and the judge's scores with the adapters merged in) and its judged subject pictures."""
     from ..toyworld.experiments import toy_dreambooth_scores
 
-    row = dict(unet=parameters(pipe.unet), text=text_parameters(pipe),
+    row = dict(unet=count_parameters(pipe.unet), text=text_parameters(pipe),
                model_mb=pipeline_bytes(resolve_model(config.pretrained_model_name_or_path)) / 2**20,
                adapters=adapter_parameters(config.output_dir),
                file_kb=adapter_file(config.output_dir).stat().st_size / 2**10)

@@ -13,7 +13,7 @@ import numpy as np
 from ..common import defaults
 from ..common.assets import resolve_model
 from ..common.runtime import import_quietly
-from ..models import Components, hub_access, require_model_parts
+from ..models import Components, count_parameters, hub_access, require_model_parts
 from ..sampling import remember_guidance
 from ..common.errors import MissingFileError
 from ..common.tables import Table
@@ -199,17 +199,18 @@ def micro_conditioning_measures(pipe, prompt: str, seeds=range(8), originals=MIC
     and object centre over the same seeds (the grid's pictures, measured instead of looked at)."""
     from ..sampling import generate
 
+    seeds = list(seeds)
     settings = [(o, (0, 0)) for o in originals] + [(originals[-1], tuple(c)) for c in crops if tuple(c) != (0, 0)]
     measures = {}
     for original, crop in settings:
         with conditioned(pipe, original, crop):
-            images = generate(pipe, [prompt] * len(list(seeds)), list(seeds))
+            images = generate(pipe, [prompt] * len(seeds), seeds)
         centres = np.array([centre_of_object(im) for im in images])
         measures[f"{original} {crop}"] = dict(original=original, crop=crop, x=float(centres[:, 0].mean()),
                                               y=float(centres[:, 1].mean()),
                                               size=float(np.mean([object_size(im) for im in images])),
                                               sharpness=float(np.mean([sharpness(im) for im in images])))
-    return MicroConditioning(measures, len(list(seeds)))
+    return MicroConditioning(measures, len(seeds))
 
 
 def show_text_features(pipe, prompt: str):
@@ -255,10 +256,6 @@ class SDXLParts(Table):
 def sdxl_parts(pipe) -> SDXLParts:
     """The pieces of an SDXL pipeline with their sizes, read from the loaded networks and their configs."""
     unet = pipe.unet.config
-
-    def count(net) -> int:
-        return sum(int(p.size) for p in net.get_parameters())
-
     roles = {
         "text_encoder": f"token features, {pipe.text_encoder.config.hidden_size} per token (second-to-last layer)",
         "text_encoder_2": f"token features, {pipe.text_encoder_2.config.hidden_size} per token, and the pooled vector "
@@ -267,5 +264,5 @@ def sdxl_parts(pipe) -> SDXLParts:
                 f"({unet.addition_embed_type}, {unet.addition_time_embed_dim} features each)",
         "vae": f"pictures to latents and back ({pipe.vae.config.latent_channels} channels, 1/"
                f"{2 ** (len(pipe.vae.config.block_out_channels) - 1)} of the size)"}
-    return SDXLParts([(name, type(getattr(pipe, name)).__name__, count(getattr(pipe, name)), role)
+    return SDXLParts([(name, type(getattr(pipe, name)).__name__, count_parameters(getattr(pipe, name)), role)
                       for name, role in roles.items()])
