@@ -2,8 +2,9 @@
 # The test command: the browser test's system package, then the unit tests and nbval executing every notebook,
 # on the fast profile. The two halves run side by side (most of their time is single-threaded graph compiling,
 # so two processes share the two cores well); the unit tests keep their own cache folder, so that nothing the
-# notebooks build is written by two processes at once. The SDXL tests run after the notebooks, in their process,
-# so that the two halves take about as long. Each half prints its 20 slowest items. Extra arguments (pytest options
+# notebooks build is written by two processes at once. tests/test_sdxl.py runs after the notebooks, in their process,
+# and tests/test_sdxl_lora.py with the unit tests, so that the two halves take about as long.
+# Each half prints its 20 slowest items. Extra arguments (pytest options
 # only: a path would run in both halves at once) go to both halves. The unit tests' cache folder,
 # $DREAMBOOTH_NB_CACHE-unit-tests, is kept between runs like the main one.
 set -uo pipefail

@@ -37,6 +37,26 @@ def lora_runs(tmp_path_factory):
     return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
 
 
+def sdxl_test_config(output_dir, model, **changes):
+    """A short SDXL LoRA run on `model` (the tiny random SDXL): 64 px, 4 steps, rank 2, lr 1e-2, a checkpoint every 2."""
+    from dreambooth_nb.common.config import SDXLLoraTrainConfig
+
+    settings = dict(pretrained_model_name_or_path=model, output_dir=str(output_dir), resolution=64,
+                    train_batch_size=1, max_train_steps=4, learning_rate=1e-2, text_encoder_lr=1e-2,
+                    lr_warmup_steps=0, seed=0, checkpointing_steps=2, report_to="none", lora_rank=2)
+    return SDXLLoraTrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_xl():
+    """The tiny random SDXL's folder (built once, then cached)."""
+    from dreambooth_nb.common import runtime
+    from dreambooth_nb.sdxl.toy import tiny_sdxl_path
+
+    runtime.setup(device="CPU", show=False)
+    return str(tiny_sdxl_path())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache_off():
     """Unit tests compile every graph anew (DREAMBOOTH_NB_GRAPH_CACHE=0, inherited by the processes they start): a

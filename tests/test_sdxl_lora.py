@@ -1,0 +1,121 @@
+"""Chapter 09's SDXL LoRA on the tiny random SDXL: UNet and both text encoders trained, saved, reloaded and resumed,
+and the adapter file loaded by diffusers on PyTorch. It runs in the unit tests' half of the suite (tests/test_sdxl.py
+runs after the notebooks), so that the two halves take about as long."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import sdxl_test_config
+from test_lora_interop import needs_torch
+from test_share import PIXEL_TOLERANCE, TORCH_PYTHON
+
+
+@pytest.fixture(scope="module")
+def xl_lora(tiny_xl, tmp_path_factory):
+    """SDXL LoRA on the UNet and both text encoders: a run that never stops (root/full, its TrainResult as `full`),
+    and one stopped after 3 steps then resumed (root/stopped)."""
+    import dreambooth_nb as db
+
+    from dreambooth_nb.sdxl.model import load_sdxl_components
+    from dreambooth_nb.sdxl.training import train_sdxl_lora
+
+    root = tmp_path_factory.mktemp("xl-lora")
+    full = train_sdxl_lora(sdxl_test_config(root / "full", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
+                           progress=False)
+    train_sdxl_lora(sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
+                    progress=False, on_step=db.stop_after(3))
+    train_sdxl_lora(sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True, resume_from_checkpoint="latest"),
+                    load_sdxl_components(tiny_xl), progress=False)
+    return dict(root=root, full=full)
+
+
+@pytest.mark.slow
+def test_sdxl_lora_on_both_text_encoders_saves_reloads_and_resumes(tiny_xl, xl_lora):
+    import dreambooth_nb as db
+    from safetensors.numpy import load_file
+
+    from dreambooth_nb.lora import load_adapters
+    from dreambooth_nb.sdxl.model import load_sdxl_pipeline
+
+    root, full = xl_lora["root"], xl_lora["full"]
+    state = load_file(str(root / "full" / "pytorch_lora_weights.safetensors"))
+    prefixes = {k.split(".")[0] for k in state}
+    assert prefixes == {"unet", "text_encoder", "text_encoder_2"} and all("lora" in k for k in state)
+    assert len(full.history) == 4 and all(r["instance_loss"] > 0 for r in full.history)
+    again = load_file(str(root / "stopped" / "pytorch_lora_weights.safetensors"))
+    for key in state:
+        np.testing.assert_array_equal(again[key], state[key], err_msg=key)
+    base = db.generate(load_sdxl_pipeline(tiny_xl), ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
+    pipe = load_sdxl_pipeline(tiny_xl)
+    load_adapters(pipe, root / "full")
+    tuned = db.generate(pipe, ["a photo of a dog"], [0], num_inference_steps=3, batch_size=1)[0]
+    assert np.abs(np.asarray(base, int) - np.asarray(tuned, int)).mean() > 0.5
+    assert json.loads((root / "full" / "train_config.json").read_text())["train_text_encoder"] is True
+
+
+XL_TORCH_SIDE = textwrap.dedent("""
+    import sys
+    import numpy as np, torch
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    base, adapters, inputs, result = sys.argv[1:5]
+    given = np.load(inputs)
+    pipe = StableDiffusionXLPipeline.from_pretrained(base)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    size, out = int(given["size"]), {}
+
+    def picture():
+        with torch.no_grad():
+            return pipe(str(given["prompt"]), num_inference_steps=int(given["steps"]),
+                        guidance_scale=float(given["guidance"]), latents=torch.from_numpy(given["latents"]),
+                        height=size, width=size, output_type="np").images
+
+    out["base"] = picture()
+    pipe.load_lora_weights(adapters, weight_name="pytorch_lora_weights.safetensors")  # as the SDXL run wrote it
+    out["lora"] = picture()
+    np.savez(result, **out)
+""")
+
+
+@pytest.mark.slow
+@needs_torch
+def test_diffusers_on_pytorch_loads_the_sdxl_adapter_file_to_the_same_picture(tiny_xl, xl_lora):
+    """The SDXL adapter file (UNet and both text encoders) loads as it is in diffusers' StableDiffusionXLPipeline on
+    PyTorch and draws the picture mindone draws with it, to PIXEL_TOLERANCE; the adapters do move the picture."""
+    import subprocess
+
+    import mindspore as ms
+
+    from dreambooth_nb.common import formats
+    from dreambooth_nb.common.runtime import import_quietly
+    from dreambooth_nb.lora import load_adapters
+    from dreambooth_nb.sdxl.model import load_sdxl_pipeline
+
+    root, adapters = xl_lora["root"], xl_lora["root"] / "full"
+    formats.to_diffusers_pt(tiny_xl, root / "base-pt")
+    rng = np.random.default_rng(0)
+    given = {"latents": rng.standard_normal((1, 4, 8, 8)).astype(np.float32), "size": 64,
+             "prompt": "a photo of sks dog", "steps": 3, "guidance": 4.0}
+    np.savez(root / "inputs.npz", **given)
+    run = subprocess.run([str(TORCH_PYTHON), "-c", XL_TORCH_SIDE, str(root / "base-pt"), str(adapters),
+                          str(root / "inputs.npz"), str(root / "torch.npz")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    torch_side = np.load(root / "torch.npz")
+
+    def picture(pipe):
+        pipe.scheduler = import_quietly("mindone.diffusers").DDIMScheduler.from_config(pipe.scheduler.config)
+        return np.asarray(pipe(given["prompt"], num_inference_steps=given["steps"], guidance_scale=given["guidance"],
+                               latents=ms.Tensor(given["latents"]), height=given["size"], width=given["size"],
+                               output_type="np")[0])
+
+    base = picture(load_sdxl_pipeline(tiny_xl))
+    pipe = load_sdxl_pipeline(tiny_xl)
+    load_adapters(pipe, adapters)
+    tuned = picture(pipe)
+    assert np.abs(base - torch_side["base"]).max() <= PIXEL_TOLERANCE
+    assert np.abs(tuned - torch_side["lora"]).max() <= PIXEL_TOLERANCE
+    assert np.abs(tuned - base).max() > 10 * PIXEL_TOLERANCE  # the adapters change what both frameworks draw
