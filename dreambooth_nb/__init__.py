@@ -82,7 +82,7 @@ _EXPORTS = {
     "sdxl_memory_estimate": "sdxl.memory:estimate", "sdxl_config_of": "common.config", "sdxl_parts": "sdxl.model",
     "show_text_features": "sdxl.model", "micro_conditioning_measures": "sdxl.model", "conditioned": "sdxl.model",
     "derived_weights": "sdxl.toy", "sdxl_lora_pipeline": "sdxl.training",
-    "compare_sd_sdxl": "sdxl.compare", "sdxl_panels": "sdxl.panels",
+    "compare_sd_sdxl": "sdxl.compare", "committed_lora_over_seeds": "sdxl.compare", "sdxl_panels": "sdxl.panels",
 }
 
 __all__ = sorted(_EXPORTS)

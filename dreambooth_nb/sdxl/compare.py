@@ -173,3 +173,11 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def committed_lora_over_seeds():
+    """The table of the committed full-profile run of `python -m dreambooth_nb.sdxl.compare --seeds 0 1 2 --install`."""
+    from ..common.assets import toy_world_dir
+    from ..toyworld.experiments import Printed
+
+    return Printed((toy_world_dir() / "xl" / f"{RESULTS}.txt").read_text(encoding="utf-8").rstrip())
