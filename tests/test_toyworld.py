@@ -366,3 +366,24 @@ def test_a_sweep_run_trained_on_another_base_model_is_not_taken_as_finished(tmp_
     assert not finished_run(config.replace(max_train_steps=800))
     (tmp_path / "train_config.json").write_text(json.dumps({**saved, "class_data_dir": "class-star-toy-world-0ld"}))
     assert not finished_run(config)
+
+
+def test_a_checkpoint_is_judged_once_and_its_scores_and_pictures_read_back(tmp_path, monkeypatch):
+    """A sweep run again after an interruption reads each judged checkpoint's scores and pictures from its folder."""
+    from PIL import Image
+
+    from dreambooth_nb import infer
+    from dreambooth_nb.toyworld import experiments
+
+    judged, swapped = [], []
+    pictures = {"subject": [Image.new("RGB", (32, 32), (200, 10, 10))] * 2, "class": [Image.new("RGB", (32, 32))]}
+    monkeypatch.setattr(infer, "swap_weights", lambda pipe, folder: swapped.append(folder))
+    monkeypatch.setattr(experiments, "toy_dreambooth_scores",
+                        lambda pipe, seed: judged.append(seed) or {"subject fidelity": 0.25, "images": pictures,
+                                                                   "verdicts": ["not saved"]})
+    first = experiments.checkpoint_scores("pipe", tmp_path, seed=3)
+    again = experiments.checkpoint_scores("pipe", tmp_path, seed=3)
+    assert judged == [3] and swapped == [tmp_path]  # the second call judged nothing
+    assert again["subject fidelity"] == first["subject fidelity"] == 0.25 and "verdicts" not in again
+    assert [np.asarray(im).tolist() for im in again["images"]["subject"]] == [np.asarray(im).tolist() for im in pictures["subject"]]
+    assert len(again["images"]["class"]) == 1

@@ -325,10 +325,39 @@ def finished_run(config) -> bool:
             and (Path(config.output_dir) / f"checkpoint-{config.max_train_steps}").is_dir())
 
 
+SCORES_FILE, PICTURES_FILE = "scores.json", "pictures.npz"  # a checkpoint's scores, kept beside it by the sweep
+
+
+def checkpoint_scores(pipe, checkpoint: Path, seed: int) -> dict:
+    """toy_dreambooth_scores of one checkpoint's weights (swapped into `pipe`), kept in the checkpoint's folder (the
+    scores and the judged pictures): a sweep run again after an interruption reads them instead of judging again."""
+    import os
+
+    from PIL import Image
+
+    from ..common.files import write_json_atomic
+    from ..infer import swap_weights
+
+    saved, pictures = checkpoint / SCORES_FILE, checkpoint / PICTURES_FILE
+    if saved.is_file() and pictures.is_file():
+        scores = json.loads(saved.read_text(encoding="utf-8"))
+        with np.load(pictures) as arrays:
+            scores["images"] = {k: [Image.fromarray(a) for a in arrays[k]] for k in arrays.files}
+        return scores
+    swap_weights(pipe, checkpoint)
+    scores = toy_dreambooth_scores(pipe, seed)
+    partial = pictures.with_name(f".{PICTURES_FILE}.partial.npz")
+    np.savez(partial, **{k: np.stack([np.asarray(im) for im in v]) for k, v in scores["images"].items()})
+    os.replace(partial, pictures)
+    write_json_atomic(saved, {k: v for k, v in scores.items() if isinstance(v, float)})  # written last: the marker
+    return scores
+
+
 def sweep(recipes=SWEEP_RECIPES, seeds=evaluate.SEEDS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
           progress: bool = True, save_to: Path | None = None) -> Sweep:
     """Train each recipe once per seed, keeping a checkpoint every `every` steps, and score each checkpoint
-    (save_to: a JSON file rewritten after each run, so an interrupted sweep keeps what it measured)."""
+    (save_to: a JSON file rewritten after each run; each checkpoint keeps its scores, so a sweep run again after an
+    interruption trains and judges only what it had not)."""
     from ..common.assets import resolve_model
     from ..common.files import write_json_atomic
     from ..infer import load_pipeline, swap_weights
@@ -343,8 +372,8 @@ def sweep(recipes=SWEEP_RECIPES, seeds=evaluate.SEEDS, max_steps: int = SWEEP_ST
             if not finished_run(config):  # a rerun after an interruption only scores what it already trained
                 train_dreambooth(config, progress=progress)
             for step in result.cells[recipe]:
-                swap_weights(pipe, Path(config.output_dir) / f"checkpoint-{step}")
-                result.cells[recipe][step].append(toy_dreambooth_scores(pipe, seed))
+                checkpoint = Path(config.output_dir) / f"checkpoint-{step}"
+                result.cells[recipe][step].append(checkpoint_scores(pipe, checkpoint, seed))
             if save_to is not None:
                 write_json_atomic(save_to, result.to_json())
     swap_weights(pipe, base)
