@@ -117,12 +117,25 @@ def as_pipeline(model, scheduler: str = defaults.SAMPLER):
     return model if hasattr(model, "unet") else load_pipeline(model, scheduler)
 
 
-def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | int = defaults.SEED, **sampling) -> Comparison:
-    """Sample the same prompts with the same seeds from the base and the fine-tuned model (pipelines, names or folders)."""
+def compare_models(base, tuned, prompts: Sequence[str], seeds: Sequence[int] | int = defaults.SEED, pipe=None,
+                   **sampling) -> Comparison:
+    """Sample the same prompts with the same seeds from the base and the fine-tuned model (pipelines, names or folders).
+
+    pipe: draw both with this one pipeline instead, each model's weights swapped into it (base and tuned are then
+    names or folders): one compiled sampler and the same sampler settings for both; it ends holding `tuned`'s."""
     prompts = list(prompts)
     seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else list(seeds)
-    before = generate(as_pipeline(base), prompts, seeds, **sampling)
-    after = generate(as_pipeline(tuned), prompts, seeds, **sampling)
+    if pipe is None:
+        before = generate(as_pipeline(base), prompts, seeds, **sampling)
+        after = generate(as_pipeline(tuned), prompts, seeds, **sampling)
+    else:
+        if not all(isinstance(m, (str, os.PathLike)) for m in (base, tuned)):
+            raise InputError("with pipe=, give base and tuned as model names or folders: their weights are swapped "
+                             "into pipe (or leave pipe out to compare two pipelines).")
+        swap_weights(pipe, resolve_model(base))
+        before = generate(pipe, prompts, seeds, **sampling)
+        swap_weights(pipe, resolve_model(tuned))
+        after = generate(pipe, prompts, seeds, **sampling)
     return Comparison(prompts, seeds, before, after)
 
 

@@ -89,8 +89,9 @@ def generate(pipe, prompts: str | Sequence[str], seeds: Sequence[int] | int = de
     num_inference_steps: 25 (10 under the test profile) when None. guidance_scale: the model's default
     (4 for the toy world, 7.5 for hub models) when None. Every call to the pipeline holds exactly
     batch_size pictures (a short batch is padded, the extras dropped): the sampling loop compiles once for
-    a pipeline, and a picture does not depend on how many others were drawn with it (another batch shape
-    is another graph, with last-bit differences). Use batch_size=1 for single pictures from a large model.
+    a pipeline, and a picture does not depend on how many others were drawn with it (up to one level in a pixel or
+    two: its place in the batch can change the arithmetic's last bit; another batch shape is another graph, with
+    last-bit differences). Use batch_size=1 for single pictures from a large model.
     latents: the starting noise itself, one (C, H, W) array per prompt (starting_noise draws the seeds' own).
     """
     prompts, seeds = checked_prompts_and_seeds(prompts, seeds)

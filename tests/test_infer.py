@@ -72,6 +72,31 @@ def test_compare_models_uses_the_same_prompts_and_seeds(tiny_pipe, tmp_path):
     assert comparison.grid().size[0] > 2 * width and comparison.grid().size[1] > 2 * height
 
 
+@pytest.mark.slow
+def test_compare_models_in_one_pipeline_swaps_each_models_weights_in(tiny_pipe, tmp_path):
+    """pipe=: both models drawn by one pipeline (one compiled sampler), the base's weights first, the tuned's after."""
+    import mindspore as ms
+
+    pipe = sampling.with_scheduler(tiny_pipe, "DPMSolverMultistepScheduler")
+    settings = dict(num_inference_steps=3, guidance_scale=5.0, batch_size=2)  # the module's one compiled loop
+    prompts = ["a photo of sks person", "a painting of sks person on the beach"]
+    tuned_parts = db.load_components("tiny-random")
+    for _, param in tuned_parts.unet.parameters_and_names():  # a "fine-tuned" model: every UNet weight moved
+        param.set_data(ms.Tensor(param.asnumpy() * 1.2, dtype=param.dtype))
+    tuned = sampling.save_pipeline(tuned_parts, tmp_path / "tuned", db.TrainConfig(pretrained_model_name_or_path="tiny-random"))
+    base_pictures = db.generate(pipe, prompts, [3, 4], **settings)
+    comparison = infer.compare_models("tiny-random", tuned, prompts, seeds=[3, 4], pipe=pipe, **settings)
+    for drawn, expected in zip(comparison.before, base_pictures):
+        np.testing.assert_array_equal(np.asarray(drawn), np.asarray(expected))
+    assert all(db.mean_difference(b, a) > 1 for b, a in zip(comparison.before, comparison.after))
+    saved = dict(tuned_parts.unet.parameters_and_names())
+    for name, param in pipe.unet.parameters_and_names():  # the pipeline ends holding the tuned weights
+        np.testing.assert_array_equal(param.asnumpy(), saved[name].asnumpy(), err_msg=name)
+    infer.swap_weights(pipe, db.resolve_model("tiny-random"))  # the module's other tests draw the base model
+    with pytest.raises(InputError, match="model names or folders"):
+        infer.compare_models(pipe, tuned, prompts, pipe=pipe)
+
+
 def test_generate_gives_the_pipeline_batches_of_one_size_and_keeps_each_seeds_picture():
     """One batch shape per pipeline: one compiled sampler, and a picture that does not depend on its companions."""
     from PIL import Image
