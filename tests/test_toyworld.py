@@ -387,3 +387,25 @@ def test_a_checkpoint_is_judged_once_and_its_scores_and_pictures_read_back(tmp_p
     assert again["subject fidelity"] == first["subject fidelity"] == 0.25 and "verdicts" not in again
     assert [np.asarray(im).tolist() for im in again["images"]["subject"]] == [np.asarray(im).tolist() for im in pictures["subject"]]
     assert len(again["images"]["class"]) == 1
+
+
+def test_the_judged_pictures_advance_a_bar_batch_by_batch_with_the_same_seeds(monkeypatch):
+    """evaluate.sample draws in batches of batch_size, seed after seed, and says each batch on the bar it is given."""
+    from dreambooth_nb import sampling
+    from dreambooth_nb.toyworld import evaluate
+
+    calls = []
+    monkeypatch.setattr(sampling, "generate", lambda pipe, prompts, seeds, **kw: calls.append((prompts, seeds, kw))
+                        or [f"{p}@{s}" for p, s in zip(prompts, seeds)])
+
+    class Bar:
+        done = 0
+
+        def update(self, n):
+            self.done += n
+
+    bar = Bar()
+    prompts = [f"p{i}" for i in range(19)]
+    images = evaluate.sample("pipe", prompts, seed=100, batch_size=8, bar=bar)
+    assert images == [f"p{i}@{100 + i}" for i in range(19)] and bar.done == 19
+    assert [len(p) for p, _, _ in calls] == [8, 8, 3] and all(kw["batch_size"] == 8 for _, _, kw in calls)

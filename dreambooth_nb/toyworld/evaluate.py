@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,13 +58,19 @@ def over_seeds(runs: list[dict]) -> dict[str, Spread]:
 
 
 def sample(pipe, prompts: list[str], seed: int = defaults.SEED, steps: int | None = None,
-           guidance: float = defaults.TOY_GUIDANCE, batch_size: int = 8):
+           guidance: float = defaults.TOY_GUIDANCE, batch_size: int = 8, bar=None):
     """Images for the prompts with seeds seed, seed+1, ... (steps: 25, or 10 under the test profile; generate keeps
-    every batch the same size)."""
+    every batch the same size); `bar`, a progress bar, advances by each batch drawn."""
     from ..sampling import generate
 
-    return generate(pipe, list(prompts), list(range(seed, seed + len(prompts))), num_inference_steps=steps,
-                    guidance_scale=guidance, batch_size=batch_size)
+    prompts, images = list(prompts), []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        images += generate(pipe, chunk, list(range(seed + start, seed + start + len(chunk))), num_inference_steps=steps,
+                           guidance_scale=guidance, batch_size=batch_size)
+        if bar is not None:
+            bar.update(len(chunk))
+    return images
 
 
 def read(pipe, asked: list[scenes.Scene], seed: int, name: str | None = None, judge=None, **sampling):
@@ -71,6 +78,18 @@ def read(pipe, asked: list[scenes.Scene], seed: int, name: str | None = None, ju
     judge = judge or judging.load_judge()
     images = sample(pipe, [s.caption(name) for s in asked], seed=seed, **sampling)
     return judge.read(images), images
+
+
+@contextmanager
+def judging_bar(pictures: int, progress: bool = True):
+    """A progress bar over the pictures a measurement draws and judges (closed when it ends)."""
+    from ..common.viz import progress_bar
+
+    bar = progress_bar(pictures, "drawing and judging", unit="img", disable=not progress)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def fresh_scenes(n: int, seed: int = 0, **fixed) -> list[scenes.Scene]:
@@ -83,15 +102,16 @@ def colourless_scenes(per_shape: int, seed: int = 0) -> list[scenes.Scene]:
     return [s for shape in scenes.SHAPES for s in fresh_scenes(per_shape, seed, shape=shape, say=NOTHING_SAID)]
 
 
-def prompt_following(pipe, seed: int = 0, n: int = 100, per_shape: int = 8, judge=None, **sampling) -> dict:
+def prompt_following(pipe, seed: int = 0, n: int = 100, per_shape: int = 8, judge=None, progress: bool = True,
+                     **sampling) -> dict:
     """How often the model draws what fresh captions name: shape, colour, background, size, place, each over the
     captions that name it; 'shape alone' over captions that name only the shape ('a photo of a star')."""
     judge = judge or judging.load_judge()
-    asked = fresh_scenes(n, seed)
-    verdicts, images = read(pipe, asked, 100_000 * seed, judge=judge, **sampling)
+    asked, plain = fresh_scenes(n, seed), colourless_scenes(per_shape, seed)
+    with judging_bar(len(asked) + len(plain), progress) as bar:
+        verdicts, images = read(pipe, asked, 100_000 * seed, judge=judge, bar=bar, **sampling)
+        plain_verdicts, plain_images = read(pipe, plain, 100_000 * seed + 50_000, judge=judge, bar=bar, **sampling)
     scores = judging.agreement(verdicts, asked)
-    plain = colourless_scenes(per_shape, seed)
-    plain_verdicts, plain_images = read(pipe, plain, 100_000 * seed + 50_000, judge=judge, **sampling)
     scores["shape alone"] = float(np.mean([v.shape == s.shape for v, s in zip(plain_verdicts, plain)]))
     return {**scores, "images": images, "captions": [s.caption() for s in asked], "verdicts": verdicts,
             "shape alone images": plain_images}
@@ -211,9 +231,16 @@ def class_scores(verdicts: list[judging.Verdict]) -> dict[str, float]:
             "class colours (bits)": colour_entropy(verdicts)}
 
 
-def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, judge=None, **sampling) -> dict:
+def dreambooth_scores(pipe, seed: int = 0, n: int = 16, per_context: int = 8, judge=None, progress: bool = True,
+                      **sampling) -> dict:
     """Subject fidelity, recontextualisation (subject kept and context right, per new context and on average) and
     class preservation for one seed; the pictures come along under 'images'."""
+    with judging_bar(2 * n + per_context * len(NEW_CONTEXTS), progress) as bar:
+        return judged_dreambooth_scores(pipe, seed, n, per_context, judge, bar=bar, **sampling)
+
+
+def judged_dreambooth_scores(pipe, seed: int, n: int, per_context: int, judge, **sampling) -> dict:
+    """dreambooth_scores' measurement (sampling: what evaluate.sample takes, its progress bar included)."""
     judge = judge or judging.load_judge()
     first = 100_000 * seed + 70_000
     subject, subject_images = read(pipe, [subject_scene()] * n, first, scenes.IDENTIFIER, judge, **sampling)
