@@ -21,7 +21,7 @@ from .common.runtime import write_in_place
 from .common.config import LoraTrainConfig, names_with
 from .common.files import share_modes, write_text_atomic
 from .common.formats import LORA_FILES
-from .common.tables import Table
+from .common.tables import Table, measure_rows
 from .models import Components
 from .train.adapters import has_adapter
 from .train.engine import StableDiffusionMethod
@@ -258,9 +258,7 @@ class MethodComparison(Table):
             ("file_mb", "what you share", "{:.2f} MB"))
 
     def rows(self) -> list[tuple]:
-        full, lora = self.measures["full"], self.measures["lora"]
-        return [(label, *(fmt.format(m[key]) if m.get(key) is not None else "-" for m in (full, lora)))
-                for key, label, fmt in self.ROWS]
+        return measure_rows(self.ROWS, [self.measures["full"], self.measures["lora"]])
 
 
 def compare_methods(config: LoraTrainConfig, *, pipe=None, seed: int = 0) -> MethodComparison:

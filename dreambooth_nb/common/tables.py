@@ -36,3 +36,10 @@ class Table:
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self._cells())
         caption = f"<p>{html.escape(self.caption)}</p>" if self.caption else ""
         return f"{caption}<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+
+
+def measure_rows(specs, columns: list[dict]) -> list[tuple]:
+    """Rows of a side-by-side table: for each (key, label, format) in specs, the label, then each column's value
+    formatted ("-" where that column has none)."""
+    return [(label, *(fmt.format(c[key]) if c.get(key) is not None else "-" for c in columns))
+            for key, label, fmt in specs]

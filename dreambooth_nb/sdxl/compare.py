@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.assets import resolve_model
-from ..common.tables import Table
+from ..common.tables import Table, measure_rows
 from ..models import count_parameters
 from ..lora import adapter_file, finished_run_of, merge_adapters, pipeline_bytes, unmerge_adapters
 
@@ -58,8 +58,7 @@ class ModelComparison(Table):
             ("class kept", "`a photo of a star` stays a plain star", "{:.0%}"))
 
     def rows(self) -> list[tuple]:
-        return [(label, *(fmt.format(self.measures[m][key]) if self.measures[m].get(key) is not None else "-"
-                          for m in ("SD", "SDXL"))) for key, label, fmt in self.ROWS]
+        return measure_rows(self.ROWS, [self.measures["SD"], self.measures["SDXL"]])
 
     def figure(self, per_model: int = 4):
         """The first judged `a photo of sks star` pictures of each model with its adapter (the same seeds)."""
@@ -112,6 +111,13 @@ FIDELITY_TARGET = 0.70  # `a photo of sks star` judged the subject, SDXL LoRA wi
 RESULTS = "dreambooth-lora"  # .txt and .json beside the toy SDXL's model card
 
 
+def results_file(suffix: str = ".txt") -> Path:
+    """The committed results of `python -m dreambooth_nb.sdxl.compare --install`, beside the toy SDXL's card."""
+    from ..common.assets import toy_world_dir
+
+    return toy_world_dir() / "xl" / f"{RESULTS}{suffix}"
+
+
 def seed_configs(seed: int) -> dict:
     """Chapter 09's two runs (LoRA with prior on the toy SD and on the toy SDXL) for one seed, each in its own folder."""
     from ..common.config import lora_config, sdxl_lora_config
@@ -157,7 +163,6 @@ def main(argv=None):
     import argparse
 
     from ..common import runtime
-    from ..common.assets import toy_world_dir
 
     p = argparse.ArgumentParser(prog="python -m dreambooth_nb.sdxl.compare", description=main.__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -167,17 +172,17 @@ def main(argv=None):
     table = lora_over_seeds(tuple(args.seeds))
     print(table)
     if args.install:
-        (toy_world_dir() / "xl" / f"{RESULTS}.txt").write_text(str(table) + "\n", encoding="utf-8")
+        results_file(".txt").write_text(str(table) + "\n", encoding="utf-8")
     return table
+
+
+def committed_lora_over_seeds():
+    """The table of the committed full-profile run of `python -m dreambooth_nb.sdxl.compare --seeds 0 1 2 --install`."""
+    from ..toyworld.experiments import Printed
+
+    return Printed(results_file(".txt").read_text(encoding="utf-8").rstrip())
 
 
 if __name__ == "__main__":
     main()
 
-
-def committed_lora_over_seeds():
-    """The table of the committed full-profile run of `python -m dreambooth_nb.sdxl.compare --seeds 0 1 2 --install`."""
-    from ..common.assets import toy_world_dir
-    from ..toyworld.experiments import Printed
-
-    return Printed((toy_world_dir() / "xl" / f"{RESULTS}.txt").read_text(encoding="utf-8").rstrip())
