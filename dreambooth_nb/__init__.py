@@ -59,6 +59,7 @@ _EXPORTS = {
     "train_dreambooth": "train.engine", "TrainResult": "train.engine", "stop_after": "train.engine",
     "list_checkpoints": "train.checkpoint", "weight_digest": "train.checkpoint",
     "read_metrics": "train.report", "plot_lr_schedule": "train.report", "samples_over_steps": "train.report",
+    "validation_readings": "train.report",
     "run_msrun": "train.distributed", "msrun_command": "train.distributed", "msrun_shell": "train.distributed",
     # 05
     "load_pipeline": "infer", "swap_weights": "infer", "compare_models": "infer", "trained_model": "infer",

@@ -301,3 +301,20 @@ def test_attention_mask_comes_from_the_tokenizer_not_from_token_id_0(tmp_path):
     images = load_image_set(tmp_path, "a photo", tokenizer, 32)
     assert images.attention_mask[0].tolist()[:5] == [1, 1, 1, 1, 0]  # <|startoftext|> a photo <|endoftext|> pad
     assert images.input_ids[0, 4] == tokenizer.pad_token_id != 0
+
+
+def test_validation_readings_judge_each_step_and_prompt_in_the_saved_order(tmp_path):
+    from dreambooth_nb.common.scenes import Scene, draw
+    from dreambooth_nb.train.report import PROMPTS_FILE, VALIDATION_DIR, validation_readings
+
+    drawn = {0: [("star", "purple", "blue"), ("heart", "green", "red")],  # step: (shape, colour, background) per prompt
+             8: [("star", "yellow", "blue"), ("star", "blue", "green")]}
+    for step, pictures in drawn.items():
+        folder = tmp_path / VALIDATION_DIR / f"step-{step}"
+        folder.mkdir(parents=True)
+        for k, (shape, colour, background) in enumerate(pictures):
+            draw(Scene(shape, colour, background, radius=11.0, x=16.0, y=16.0)).save(folder / f"p{k}-000.png")
+        (folder / PROMPTS_FILE).write_text(json.dumps({"prompts": ["subject", "class"], "seeds": [0]}))
+    readings = validation_readings(tmp_path)
+    assert list(readings) == [0, 8]
+    assert {step: [(v.shape, v.colour, v.background) for [v] in per_prompt] for step, per_prompt in readings.items()} == drawn

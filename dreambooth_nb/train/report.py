@@ -146,6 +146,20 @@ def samples_over_steps(output_dir: str | os.PathLike, prompt_index: int | None =
     return show_images(images, titles=titles, ncols=ncols, scale=1.3, suptitle=header)
 
 
+def validation_readings(output_dir: str | os.PathLike) -> dict[int, list[list]]:
+    """The toy world's judge on a run's validation images: {step: [one verdict per seed, for each prompt]} (the prompts
+    in samples_over_steps' order: the validation prompt, then the class prompt)."""
+    from ..common.judge import load_judge
+    from ..data import load_rgb
+
+    judge, folder, readings = load_judge(), Path(output_dir) / VALIDATION_DIR, {}
+    for step in validation_steps_saved(output_dir):
+        prompts = json.loads((folder / f"step-{step}" / PROMPTS_FILE).read_text(encoding="utf-8"))["prompts"]
+        readings[step] = [judge.read([load_rgb(p) for p in sorted((folder / f"step-{step}").glob(f"p{k}-*.png"))])
+                          for k in range(len(prompts))]
+    return readings
+
+
 def plot_lr_schedule(config, steps: int | None = None):
     """Learning rate per optimizer step for every lr_scheduler choice, one small panel each (several coincide for
     some settings, e.g. linear and polynomial with lr_power 1); the config's own is drawn in colour. The figure."""
