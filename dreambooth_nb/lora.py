@@ -171,6 +171,22 @@ def unmerge_adapters(pipe) -> None:
     base.clear()
 
 
+def adapter_scores(pipe, adapters: str | os.PathLike, seed: int = 0) -> dict:
+    """The toy world's DreamBooth scores (chapter 06) of `pipe`, the base model the adapters were trained on, with them
+    merged in (and taken out again): judged once per seed, profile and adapter file, and kept in the adapters' folder
+    with the judged pictures, so a later chapter or a rerun reads them back instead of compiling and drawing again."""
+    from .toyworld.experiments import judging_stamp, kept_scores, toy_dreambooth_scores
+
+    def judge() -> dict:
+        merge_adapters(pipe, adapters)
+        try:
+            return toy_dreambooth_scores(pipe, seed)
+        finally:
+            unmerge_adapters(pipe)
+
+    return kept_scores(Path(adapters), judge, judging_stamp(seed, adapter_file(adapters)))
+
+
 def strength_grid(pipe, adapters, prompts: list[str], strengths=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5), seed: int = 0):
     """One row per prompt, one column per adapter strength (merged weights, the same seed); returns the figure."""
     from .common.viz import show_images
@@ -276,9 +292,7 @@ def compare_methods(config: LoraTrainConfig, *, pipe=None, seed: int = 0) -> Met
     measures = {"full": run_in_fresh_process(full), "lora": run_in_fresh_process(config)}
     pipe = pipe if pipe is not None else load_pipeline(config.pretrained_model_name_or_path)
     try:
-        merge_adapters(pipe, config.output_dir)
-        measures["lora"].update(toy_dreambooth_scores(pipe, seed))
-        unmerge_adapters(pipe)
+        measures["lora"].update(adapter_scores(pipe, config.output_dir, seed))
         swap_weights(pipe, full.output_dir)
         measures["full"].update(toy_dreambooth_scores(pipe, seed))
     finally:
@@ -300,15 +314,13 @@ def finished_run_of(config: LoraTrainConfig) -> bool:
     return all(settings.get(k) == getattr(config, k) for k in same_run)
 
 
-def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), *, pipe=None, seed: int = 0,
-               comparison: "MethodComparison | None" = None) -> "RankSweep":
+def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), *, pipe=None, seed: int = 0) -> "RankSweep":
     """LoRA at several ranks, same settings otherwise: judged scores and adapter size per rank. The run of
-    config.output_dir serves its own rank when it finished (compare_methods trained it), with the scores of
-    `comparison` when given (judged there with the same prompts and seed). The other ranks train in this process:
+    config.output_dir serves its own rank when it finished (compare_methods trained and judged it: its kept scores are
+    read back, see adapter_scores). The other ranks train in this process:
     side by side in fresh processes they took as long on 2 cores and held more memory at once. pipe: a pipeline of
     the base model to judge with (adapters merged in and taken out again); None loads one."""
     from .infer import load_pipeline
-    from .toyworld.experiments import toy_dreambooth_scores
 
     pipe, results = pipe if pipe is not None else load_pipeline(config.pretrained_model_name_or_path), {}
     for rank in ranks:
@@ -317,14 +329,7 @@ def rank_sweep(config: LoraTrainConfig, ranks=(1, 4, 16), *, pipe=None, seed: in
             run = config
         else:
             train_lora(run)
-        if run is config and comparison is not None and comparison.seed == seed:
-            scores = comparison.measures["lora"]
-        else:
-            merge_adapters(pipe, run.output_dir)
-            try:
-                scores = toy_dreambooth_scores(pipe, seed)
-            finally:
-                unmerge_adapters(pipe)
+        scores = adapter_scores(pipe, run.output_dir, seed)
         results[rank] = {k: scores[k] for k in RankSweep.SCORES}
         results[rank]["file_kb"] = adapter_file(run.output_dir).stat().st_size / 2**10
     return RankSweep(results)

@@ -48,6 +48,33 @@ def test_bad_lora_flags_stop_before_any_work(tmp_path, capsys):
     assert "--lora_rank=0 must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_adapter_scores_are_judged_once_per_seed_and_file_and_read_back(tmp_path, monkeypatch):
+    """Chapter 08 judges its LoRA run once; a rank sweep, chapter 09 or a rerun reads the kept scores and pictures
+    back, unless the seed, the profile or the adapter file changed."""
+    from PIL import Image
+
+    from dreambooth_nb import lora
+    from dreambooth_nb.toyworld import experiments
+
+    judged, merged = [], []
+    picture = Image.new("RGB", (32, 32), (200, 10, 10))
+    monkeypatch.setattr(lora, "merge_adapters", lambda pipe, folder, strength=1.0: merged.append(folder))
+    monkeypatch.setattr(lora, "unmerge_adapters", lambda pipe: merged.append("out"))
+    monkeypatch.setattr(experiments, "toy_dreambooth_scores",
+                        lambda pipe, seed: judged.append(seed) or {"subject fidelity": 0.5 + seed / 10,
+                                                                   "images": {"subject": [picture]}})
+    (tmp_path / lora.ADAPTER_FILE).write_bytes(b"adapters, first run")
+    first = lora.adapter_scores("pipe", tmp_path, seed=0)
+    again = lora.adapter_scores("pipe", tmp_path, seed=0)
+    assert judged == [0] and merged == [tmp_path, "out"]  # judged once, the adapters taken out again
+    assert again["subject fidelity"] == first["subject fidelity"] == 0.5
+    assert np.asarray(again["images"]["subject"][0]).tolist() == np.asarray(picture).tolist()
+    assert lora.adapter_scores("pipe", tmp_path, seed=1)["subject fidelity"] == 0.6 and judged == [0, 1]
+    (tmp_path / lora.ADAPTER_FILE).write_bytes(b"adapters, retrained")
+    lora.adapter_scores("pipe", tmp_path, seed=1)
+    assert judged == [0, 1, 1]  # a changed file is judged again
+
+
 @pytest.fixture(scope="module")
 def runs(lora_runs):
     """conftest's shared LoRA runs (full, and stopped then resumed)."""

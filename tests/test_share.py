@@ -258,6 +258,8 @@ def test_an_adapter_folder_pushes_and_an_empty_one_does_not(clean_env, tmp_path)
     folder.mkdir()
     (folder / "pytorch_lora_weights.safetensors").write_text("weights")
     (folder / "README.md").write_text("---\ntags:\n- dreambooth\n---\n# card\n")
+    (folder / "scores.json").write_text("{}")  # the toy world's judging, kept beside the adapters: stays local
+    (folder / "pictures.npz").write_bytes(b"judged pictures")
     assert hub.folder_kind(folder) == "adapters"
     with FakeHubServer() as server:
         hub.push_folder(folder, "me/sks-lora", FAKE_TOKEN, endpoint=server.url)

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 CACHE_ENV = "DREAMBOOTH_NB_CACHE"
+# a model's judged scores and pictures, kept in its folder by the toy world's judging (chapters 06, 08, 09): not shared
+JUDGED_FILES = SCORES_FILE, PICTURES_FILE = "scores.json", "pictures.npz"
 
 
 def cache_dir() -> Path:

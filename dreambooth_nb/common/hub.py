@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from .errors import UserError
+from .files import JUDGED_FILES
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DREAMBOOTH_NB_OFFLINE")
 HUB_ADDRESS = ("huggingface.co", 443)
@@ -74,7 +75,8 @@ TOKEN_ENV = "HF_TOKEN"
 ENDPOINT_ENV = "HF_ENDPOINT"
 PUSH_COMMAND = "python -m dreambooth_nb.push {folder} --hub_model_id {name}"
 # what stays local: resumable checkpoints, logs, earlier runs, a failed run's traceback, temporaries, hidden files
-PUSH_IGNORED = ("checkpoint-*/", "logs/", "previous-runs/", "rank-digests/", "error.log", "*.tmp*", ".*", "*/.*")
+PUSH_IGNORED = ("checkpoint-*/", "logs/", "previous-runs/", "rank-digests/", "error.log", "*.tmp*", ".*", "*/.*",
+                *JUDGED_FILES)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 
 

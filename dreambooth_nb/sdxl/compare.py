@@ -10,7 +10,7 @@ from pathlib import Path
 from ..common.assets import resolve_model
 from ..common.tables import Table, measure_rows
 from ..models import count_parameters
-from ..lora import adapter_file, finished_run_of, merge_adapters, pipeline_bytes, unmerge_adapters
+from ..lora import adapter_file, adapter_scores, finished_run_of, pipeline_bytes
 
 
 def text_parameters(pipe) -> int:
@@ -73,18 +73,13 @@ class ModelComparison(Table):
 
 
 def measure(pipe, config, seed: int) -> tuple[dict, list]:
-    """One model's row (its sizes and the judge's scores with the adapters merged in) and its judged subject pictures."""
-    from ..toyworld.experiments import toy_dreambooth_scores
-
+    """One model's row (its sizes and the judge's scores with the adapters merged in, or as kept by an earlier chapter's
+    judging of the same run: adapter_scores) and its judged subject pictures."""
     row = dict(unet=count_parameters(pipe.unet), text=text_parameters(pipe),
                model_mb=pipeline_bytes(resolve_model(config.pretrained_model_name_or_path)) / 2**20,
                adapters=adapter_parameters(config.output_dir),
                file_kb=adapter_file(config.output_dir).stat().st_size / 2**10)
-    merge_adapters(pipe, config.output_dir)
-    try:
-        scores = toy_dreambooth_scores(pipe, seed)
-    finally:
-        unmerge_adapters(pipe)
+    scores = adapter_scores(pipe, config.output_dir, seed)
     return {**row, **{k: v for k, v in scores.items() if k != "images"}}, scores["images"]["subject"]
 
 
@@ -132,7 +127,7 @@ def lora_over_seeds(seeds=(0, 1, 2), progress: bool = True):
     from ..infer import load_pipeline
     from ..lora import train_lora
     from ..toyworld.evaluate import Scores, over_seeds
-    from ..toyworld.experiments import MAIN_SCORES, toy_dreambooth_scores
+    from ..toyworld.experiments import MAIN_SCORES
     from .model import load_sdxl_pipeline
     from .training import train_sdxl_lora
 
@@ -143,11 +138,7 @@ def lora_over_seeds(seeds=(0, 1, 2), progress: bool = True):
         for name, config in seed_configs(seed).items():
             if not finished_run_of(config):
                 trainers[name](config, progress=progress)
-            merge_adapters(pipes[name], config.output_dir)
-            try:
-                runs[name].append(toy_dreambooth_scores(pipes[name], seed))
-            finally:
-                unmerge_adapters(pipes[name])
+            runs[name].append(adapter_scores(pipes[name], config.output_dir, seed))
     spreads = {name: {k: v for k, v in over_seeds(r).items() if k in MAIN_SCORES} for name, r in runs.items()}
     fidelity = spreads["SDXL + LoRA"]["subject fidelity"].mean
     config = seed_configs(seeds[0])["SDXL + LoRA"]

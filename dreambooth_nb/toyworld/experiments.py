@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -325,32 +326,55 @@ def finished_run(config) -> bool:
             and (Path(config.output_dir) / f"checkpoint-{config.max_train_steps}").is_dir())
 
 
-SCORES_FILE, PICTURES_FILE = "scores.json", "pictures.npz"  # a checkpoint's scores, kept beside it by the sweep
+STAMP = "judged as"  # what a kept score was judged with; a different stamp judges again
+
+
+def kept_scores(folder: Path, judge: Callable[[], dict], stamp: dict | None = None) -> dict:
+    """judge()'s scores (toy_dreambooth_scores' dict) kept in `folder` with the judged pictures: read back when kept
+    there with the same stamp (None: whatever was kept), else judged now and kept (the scores file written last, the
+    marker of a complete record)."""
+    import os
+
+    from PIL import Image
+
+    from ..common.files import PICTURES_FILE, SCORES_FILE, write_json_atomic
+
+    saved, pictures = Path(folder) / SCORES_FILE, Path(folder) / PICTURES_FILE
+    if saved.is_file() and pictures.is_file():
+        scores = json.loads(saved.read_text(encoding="utf-8"))
+        if stamp is None or scores.get(STAMP) == stamp:
+            scores.pop(STAMP, None)
+            with np.load(pictures) as arrays:
+                scores["images"] = {k: [Image.fromarray(a) for a in arrays[k]] for k in arrays.files}
+            return scores
+    scores = judge()
+    partial = pictures.with_name(f".{PICTURES_FILE}.partial.npz")
+    np.savez(partial, **{k: np.stack([np.asarray(im) for im in v]) for k, v in scores["images"].items()})
+    os.replace(partial, pictures)
+    kept = {k: v for k, v in scores.items() if isinstance(v, float)}
+    write_json_atomic(saved, {**kept, **({STAMP: stamp} if stamp is not None else {})})
+    return scores
 
 
 def checkpoint_scores(pipe, checkpoint: Path, seed: int) -> dict:
     """toy_dreambooth_scores of one checkpoint's weights (swapped into `pipe`), kept in the checkpoint's folder (the
     scores and the judged pictures): a sweep run again after an interruption reads them instead of judging again."""
-    import os
-
-    from PIL import Image
-
-    from ..common.files import write_json_atomic
     from ..infer import swap_weights
 
-    saved, pictures = checkpoint / SCORES_FILE, checkpoint / PICTURES_FILE
-    if saved.is_file() and pictures.is_file():
-        scores = json.loads(saved.read_text(encoding="utf-8"))
-        with np.load(pictures) as arrays:
-            scores["images"] = {k: [Image.fromarray(a) for a in arrays[k]] for k in arrays.files}
-        return scores
-    swap_weights(pipe, checkpoint)
-    scores = toy_dreambooth_scores(pipe, seed)
-    partial = pictures.with_name(f".{PICTURES_FILE}.partial.npz")
-    np.savez(partial, **{k: np.stack([np.asarray(im) for im in v]) for k, v in scores["images"].items()})
-    os.replace(partial, pictures)
-    write_json_atomic(saved, {k: v for k, v in scores.items() if isinstance(v, float)})  # written last: the marker
-    return scores
+    def judge() -> dict:
+        swap_weights(pipe, checkpoint)
+        return toy_dreambooth_scores(pipe, seed)
+
+    return kept_scores(checkpoint, judge)
+
+
+def judging_stamp(seed: int, model_file: Path) -> dict:
+    """What a kept score of a run's file depends on: the seed, how many pictures are judged and with how many steps
+    (the profile), and the file itself (a retrained run is judged again)."""
+    from ..common.defaults import inference_steps
+    from ..common.files import file_hash
+
+    return {"seed": seed, "judged": sample_counts(), "sampling steps": inference_steps(), "file": file_hash(model_file)}
 
 
 def sweep(recipes=SWEEP_RECIPES, seeds=evaluate.SEEDS, max_steps: int = SWEEP_STEPS, every: int = SWEEP_EVERY,
