@@ -120,6 +120,16 @@ def validation_steps_saved(output_dir: str | os.PathLike) -> list[int]:
     return sorted(steps)
 
 
+def validation_files(output_dir: str | os.PathLike) -> dict[int, list[list[Path]]]:
+    """A run's saved validation images: {step: [the files of each prompt, in seed order]}, steps in order."""
+    folder = Path(output_dir) / VALIDATION_DIR
+    files = {}
+    for step in validation_steps_saved(output_dir):
+        prompts = json.loads((folder / f"step-{step}" / PROMPTS_FILE).read_text(encoding="utf-8"))["prompts"]
+        files[step] = [sorted((folder / f"step-{step}").glob(f"p{k}-*.png")) for k in range(len(prompts))]
+    return files
+
+
 def samples_over_steps(output_dir: str | os.PathLike, prompt_index: int | None = None):
     """One figure of a run's validation images: a row per validation step, the same seeds in the same columns.
 
@@ -129,19 +139,18 @@ def samples_over_steps(output_dir: str | os.PathLike, prompt_index: int | None =
     from ..data import load_rgb
 
     folder = Path(output_dir) / VALIDATION_DIR
-    steps = validation_steps_saved(output_dir)
-    if not steps:
+    files = validation_files(output_dir)
+    if not files:
         raise MissingFileError(f"{folder} holds no step-N folders: train with validation_prompt set "
                                 f"(and validation_steps below max_train_steps) to save samples as training goes.")
-    info = json.loads((folder / f"step-{steps[-1]}" / PROMPTS_FILE).read_text(encoding="utf-8"))
+    info = json.loads((folder / f"step-{max(files)}" / PROMPTS_FILE).read_text(encoding="utf-8"))
     prompts = list(range(len(info["prompts"]))) if prompt_index is None else [prompt_index]
     images, titles = [], []
-    for step in steps:
+    for step, per_prompt in files.items():
         for k in prompts:
-            files = sorted((folder / f"step-{step}").glob(f"p{k}-*.png"))
-            images += [load_rgb(p) for p in files]
-            titles += [f"step {step}" if i == 0 else "" for i in range(len(files))]
-    ncols = len(images) // len(steps)
+            images += [load_rgb(p) for p in per_prompt[k]]
+            titles += [f"step {step}" if i == 0 else "" for i in range(len(per_prompt[k]))]
+    ncols = len(images) // len(files)
     header = "   |   ".join(f"{info['prompts'][k]!r}, seeds {info['seeds'][0]}-{info['seeds'][-1]}" for k in prompts)
     return show_images(images, titles=titles, ncols=ncols, scale=1.3, suptitle=header)
 
@@ -152,12 +161,9 @@ def validation_readings(output_dir: str | os.PathLike) -> dict[int, list[list]]:
     from ..common.judge import load_judge
     from ..data import load_rgb
 
-    judge, folder, readings = load_judge(), Path(output_dir) / VALIDATION_DIR, {}
-    for step in validation_steps_saved(output_dir):
-        prompts = json.loads((folder / f"step-{step}" / PROMPTS_FILE).read_text(encoding="utf-8"))["prompts"]
-        readings[step] = [judge.read([load_rgb(p) for p in sorted((folder / f"step-{step}").glob(f"p{k}-*.png"))])
-                          for k in range(len(prompts))]
-    return readings
+    judge = load_judge()
+    return {step: [judge.read([load_rgb(p) for p in paths]) for paths in per_prompt]
+            for step, per_prompt in validation_files(output_dir).items()}
 
 
 def plot_lr_schedule(config, steps: int | None = None):
