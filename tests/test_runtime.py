@@ -91,17 +91,6 @@ def test_importing_the_package_changes_no_global_state():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.slow
-def test_speed_check_times_the_unet_both_ways():
-    from dreambooth_nb.models import load_components
-
-    runtime.setup(device="CPU", show=False)
-    check = runtime.speed_check(load_components().unet, batch=1, repeats=1)
-    assert check.input_shape == (1, 4, 16, 16)  # the default toy-world model: 32 px pictures, 16x16 latents
-    assert check.compile_s > 0 and check.compiled_ms > 0 and check.eager_ms > 0
-    assert "speed-up" in str(check)
-
-
 def test_commands_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     from dreambooth_nb.common import commands
 
