@@ -5,14 +5,21 @@ figure to outputs/pilots/NAME.png.
     VARIANT='{"radii": [8.5, 10.5]}' NAME=big-photos python pretraining/toyworld-v6/dreambooth_pilot.py
     VARIANT='{"radii": [8.5, 10.5], "recipe": "class images judged plain stars"}' NAME=big-photos-frozen python ...
 
-VARIANT keys: radii (the photos' subject radii), offsets, steps (600), seed (0), recipe (experiments.BOTH: judged class
-images, text encoder trained), changes (TrainConfig fields), prior (true).
+    VARIANT='{"small": [1, 3], "recipe": "prior weight 0.5", "seed": 0}' NAME=some-small-0 python ...
+    VARIANT='{"recipe": "prior weight 0.5", "changes": {"num_class_images": 100}, "seed": 0}' NAME=class-100-0 python ...
+
+VARIANT keys: radii (the photos' subject radii), offsets, small (which of the five photos are redrawn small, 7-8 px),
+steps (600), seed (0), recipe (experiments.BOTH: judged class images, text encoder trained), changes (TrainConfig
+fields), prior (true).
 """
 import collections
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
+
+import numpy as np
 
 import dreambooth_nb as db
 from dreambooth_nb.common import scenes
@@ -24,6 +31,16 @@ if "radii" in variant:  # the photos change, so their cache key must too
     scenes.VERSION = 100 + int(10 * variant["radii"][0])
 if "offsets" in variant:
     scenes.SUBJECT_OFFSETS = tuple(variant["offsets"])
+if "small" in variant:  # a casual set with some small photos: these ones redrawn at the size "small" asks for
+    drawn_as_shipped = scenes.subject_scenes
+
+    def some_small(n: int = 5, seed: int = 1234) -> list:
+        rng = np.random.default_rng(99)
+        return [dataclasses.replace(s, radius=float(rng.uniform(*scenes.RADII["small"]))) if i in variant["small"] else s
+                for i, s in enumerate(drawn_as_shipped(n, seed))]
+
+    scenes.subject_scenes = some_small
+    scenes.VERSION = 200 + sum(2 ** i for i in variant["small"])
 
 from dreambooth_nb.common.judge import load_judge  # noqa: E402  (after the scene settings above)
 from dreambooth_nb.infer import load_pipeline, swap_weights  # noqa: E402
