@@ -18,9 +18,8 @@ def lora_test_config(output_dir, **changes):
 
 @pytest.fixture(scope="session")
 def lora_runs(tmp_path_factory):
-    """A LoRA run that never stops (root/full), and one stopped after 3 steps then resumed (root/stopped); with the
-    UNet's and text encoder's weights before training and the full run's components after it."""
-    import dreambooth_nb as db
+    """A LoRA run that never stops (root/full), and one stopped after 3 steps then resumed in the same networks
+    (root/stopped); with the UNet's and text encoder's weights before training and the full run's components after it."""
     from dreambooth_nb.common import runtime
     from dreambooth_nb.lora import train_lora
     from dreambooth_nb.models import load_components
@@ -31,10 +30,31 @@ def lora_runs(tmp_path_factory):
     before = {net: {k: p.asnumpy().copy() for k, p in getattr(full_components, net).parameters_and_names()}
               for net in ("unet", "text_encoder")}
     full = train_lora(lora_test_config(root / "full"), full_components, progress=False)
-    train_lora(lora_test_config(root / "stopped"), load_components(TINY), progress=False, on_step=db.stop_after(3))
-    resumed = train_lora(lora_test_config(root / "stopped", resume_from_checkpoint="latest"), load_components(TINY),
-                         progress=False)
+    resumed = stopped_then_resumed_in_place(train_lora, lambda **c: lora_test_config(root / "stopped", **c),
+                                            load_components(TINY))
     return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
+
+
+def stopped_then_resumed_in_place(train, config_for, components, stop: int = 3):
+    """Train `components` with config_for(), stopped after `stop` steps, then resumed from 'latest' in the same
+    networks after every trainable weight was moved away (so only the checkpoint can bring it back): the resume of a
+    run in the same kernel, which reuses the compiled step (no second compile). test_train_engine resumes in fresh
+    networks, as a new process does."""
+    import dreambooth_nb as db
+
+    train(config_for(), components, progress=False, on_step=db.stop_after(stop))
+    move_trainable_weights(components)
+    return train(config_for(resume_from_checkpoint="latest"), components, progress=False)
+
+
+def move_trainable_weights(components, by: float = 0.5) -> None:
+    """Add `by` to every trainable weight of the components' networks, in place."""
+    from dreambooth_nb.common import runtime
+
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        net = getattr(components, name, None)
+        for p in net.trainable_params() if net is not None else ():
+            runtime.write_in_place(p, p.asnumpy() + by)
 
 
 def sdxl_test_config(output_dir, model, **changes):

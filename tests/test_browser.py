@@ -123,14 +123,27 @@ def restart_and_run_all(page) -> None:
     accept.wait_for(state="detached", timeout=30_000)
 
 
-def run_all_until_output(page, tries: int = 3) -> None:
-    """Restart and run all, again if no cell has produced output after 90 s (a click lost while the lab was busy)."""
+def wait_for_idle_kernel(base: str, token: str, timeout_s: float = 120) -> None:
+    """Until the lab's session for the notebook has a kernel that is idle (a restart clicked while it still starts
+    was lost: no cell ran, and the test waited for output in vain)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if any(s.get("kernel", {}).get("execution_state") == "idle" for s in api(base, token, "/api/sessions") or []):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the notebook's kernel was not idle within {timeout_s} s")
+
+
+def run_all_until_started(page, tries: int = 3) -> None:
+    """Restart and run all, again if after 30 s no cell is queued ([*]) or has output (a click lost while the lab
+    was busy)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    started = ".jp-Notebook .jp-CodeCell .jp-InputPrompt:has-text('*'), .jp-Notebook .jp-CodeCell .jp-OutputArea-output"
     for attempt in range(tries):
         restart_and_run_all(page)
         try:
-            page.locator(".jp-Notebook .jp-CodeCell .jp-OutputArea-output").first.wait_for(state="visible", timeout=90_000)
+            page.locator(started).first.wait_for(state="visible", timeout=30_000)
             return
         except PlaywrightTimeout:
             page.screenshot(path=str(SHOTS / f"run_all_attempt_{attempt + 1}.png"))
@@ -147,7 +160,8 @@ def test_playground_in_chromium(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            run_playground(page, f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}")
+            run_playground(page, f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}",
+                           kernel_idle=lambda: wait_for_idle_kernel(base, token))
         except Exception:
             page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
             raise
@@ -155,11 +169,12 @@ def test_playground_in_chromium(lab):
             browser.close()
 
 
-def run_playground(page, url: str) -> None:
+def run_playground(page, url: str, kernel_idle) -> None:
     page.goto(url)
     wait_visible(page, ".jp-Notebook .jp-Cell", 60)
     wait_visible(page, ".jp-Notebook-ExecutionIndicator, .jp-KernelStatus, .jp-Toolbar", 60)
-    run_all_until_output(page)
+    kernel_idle()
+    run_all_until_started(page)
     wait_visible(page, ".jp-OutputArea-output .widget-slider", 180)
     wait_visible(page, ".db-train-panel .jupyter-button", 60)
     assert page.locator(".db-train-panel .jupyter-button").count() == 3  # Train, Stop, Samples over steps

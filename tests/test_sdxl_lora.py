@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import sdxl_test_config
+from conftest import sdxl_test_config, stopped_then_resumed_in_place
 from test_lora_interop import needs_torch
 from test_share import PIXEL_TOLERANCE, TORCH_PYTHON
 
@@ -16,19 +16,16 @@ from test_share import PIXEL_TOLERANCE, TORCH_PYTHON
 @pytest.fixture(scope="module")
 def xl_lora(tiny_xl, tmp_path_factory):
     """SDXL LoRA on the UNet and both text encoders: a run that never stops (root/full, its TrainResult as `full`),
-    and one stopped after 3 steps then resumed (root/stopped)."""
-    import dreambooth_nb as db
-
+    and one stopped after 3 steps then resumed in the same networks (root/stopped)."""
     from dreambooth_nb.sdxl.model import load_sdxl_components
     from dreambooth_nb.sdxl.training import train_sdxl_lora
 
     root = tmp_path_factory.mktemp("xl-lora")
     full = train_sdxl_lora(sdxl_test_config(root / "full", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
                            progress=False)
-    train_sdxl_lora(sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
-                    progress=False, on_step=db.stop_after(3))
-    train_sdxl_lora(sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True, resume_from_checkpoint="latest"),
-                    load_sdxl_components(tiny_xl), progress=False)
+    stopped_then_resumed_in_place(
+        train_sdxl_lora, lambda **c: sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True, **c),
+        load_sdxl_components(tiny_xl))
     return dict(root=root, full=full)
 
 
