@@ -397,16 +397,31 @@ class GeneratePanel:
         display(self.widget)
 
     def pipeline(self, name: str):
-        """The named model's pipeline, reloaded when its files changed on disk (a new training run)."""
-        from .infer import load_pipeline
+        """One pipeline for both models: the base model's, with the named model's weights swapped in when it holds
+        the other one (or an older run of it), so base and fine-tuned share one compiled sampler and one copy of its
+        graphs in memory. A fine-tuned model that does not fit the base's networks gets a pipeline of its own."""
+        from .common.assets import resolve_model
+        from .common.errors import InputError
+        from .infer import load_pipeline, swap_weights
 
         source = self.models[name]
         stamp = _model_stamp(source)
-        if name not in self._pipes or self._pipes[name][0] != stamp:
-            if stamp is None and name != "base":
-                raise MissingFileError(f"No fine-tuned model in {source}: press Train (or run panel.run()) first.")
-            self._pipes[name] = (stamp, load_pipeline(source))
-        return self._pipes[name][1]
+        if stamp is None and name != "base":
+            raise MissingFileError(f"No fine-tuned model in {source}: press Train (or run panel.run()) first.")
+        if name in self._pipes and self._pipes[name][0] == stamp:  # a pipeline of its own, still current
+            return self._pipes[name][1]
+        if "shared" not in self._pipes:
+            self._pipes["shared"] = (("base", _model_stamp(self.models["base"])), load_pipeline(self.models["base"]))
+        held, pipe = self._pipes["shared"]
+        if held != (name, stamp):
+            try:
+                swap_weights(pipe, source if name != "base" else resolve_model(source))
+            except InputError:  # trained from another model: its own pipeline (the shared one swapped anew next time)
+                self._pipes["shared"] = ((None, None), pipe)
+                self._pipes[name] = (stamp, load_pipeline(source))
+                return self._pipes[name][1]
+            self._pipes["shared"] = ((name, stamp), pipe)
+        return pipe
 
     def sample(self, name: str) -> list:
         """Images from one model with the panel's prompt, seeds seed..seed+n-1, steps and guidance."""

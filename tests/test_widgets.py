@@ -138,3 +138,36 @@ def test_lora_panels_add_a_switch_a_rank_an_adapter_picker_and_a_strength(tmp_pa
     train.train()
     assert calls == [("lora", 8), ("full", "TrainConfig")]
     assert list(generate.adapter.options) == ["none", "trained"] and generate.strength.value == 1.0
+
+
+def test_the_generation_panel_swaps_base_and_fine_tuned_weights_in_one_pipeline(tmp_path):
+    """Base and fine-tuned share one pipeline (one compiled sampler); the fine-tuned weights are swapped in, the
+    base's back, and a new training run's weights replace the older run's."""
+    import numpy as np
+
+    from dreambooth_nb.common import assets, runtime
+    from dreambooth_nb.models import load_components
+    from dreambooth_nb.sampling import save_pipeline
+    from dreambooth_nb.widgets import GeneratePanel
+
+    runtime.setup(device="CPU", show=False)
+    base = str(assets.tiny_model_path())
+
+    def save_run(shift: float) -> np.ndarray:
+        components = load_components(base)
+        weight = components.unet.conv_in.weight
+        runtime.write_in_place(weight, weight.asnumpy() + shift)
+        save_pipeline(components, tmp_path / "tuned", TrainConfig(pretrained_model_name_or_path=base))
+        return weight.asnumpy()
+
+    def conv_in(pipe) -> np.ndarray:
+        return pipe.unet.conv_in.weight.asnumpy()
+
+    first = save_run(0.5)
+    panel = GeneratePanel(base, str(tmp_path / "tuned"))
+    pipe = panel.pipeline("base")
+    original = conv_in(pipe)
+    assert panel.pipeline("fine-tuned") is pipe and np.array_equal(conv_in(pipe), first)
+    assert panel.pipeline("base") is pipe and np.array_equal(conv_in(pipe), original)
+    second = save_run(-0.5)
+    assert panel.pipeline("fine-tuned") is pipe and np.array_equal(conv_in(pipe), second)
