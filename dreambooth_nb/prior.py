@@ -39,15 +39,23 @@ def usable_class_images(folder: str | Path) -> list[Path]:
 
 
 def missing_class_images(folder: str | Path, wanted: int) -> int:
-    """How many class images still have to be generated."""
-    return max(0, wanted - len(usable_class_images(folder)))
+    """How many class images still have to be generated (indices_to_make)."""
+    return len(indices_to_make(folder, wanted))
 
 
 def indices_to_make(folder: str | Path, wanted: int) -> list[int]:
-    """Seed indices of the missing images: the lowest ones no file in `folder` is named after yet."""
+    """Seed indices of the images to make. A folder of this package's images needs each index below `wanted` that no
+    usable image is named after, however many others it holds: training on `wanted` of them then always uses images
+    0 .. wanted-1 (a folder a longer run filled, with one deleted, would otherwise lend the next ones, and the run
+    would train on other pictures). Where the folder also holds images named otherwise (brought by the user), every
+    usable image counts and the lowest indices no file is named after make up the rest."""
+    usable = usable_class_images(folder)
+    named = {int(m.group(1)) for p in usable if (m := CLASS_NAME.match(p.name))}
+    if len(named) == len(usable):
+        return [index for index in range(wanted) if index not in named]
     taken = {int(m.group(1)) for p in Path(folder).glob("class-*.png") if (m := CLASS_NAME.match(p.name))}
     todo, index = [], 0
-    for _ in range(missing_class_images(folder, wanted)):
+    for _ in range(max(0, wanted - len(usable))):
         while index in taken:
             index += 1
         todo.append(index)

@@ -86,6 +86,19 @@ def test_missing_indices_are_filled_in_and_other_images_count(tmp_path, calls):
     assert len(data.list_images(folder)) == 5
 
 
+def test_a_deleted_image_is_made_again_even_when_the_folder_holds_more_than_asked(tmp_path, calls):
+    """A folder a longer run filled (6 images), one of the first 3 deleted: asking for 3 makes that one again, so
+    training on 3 uses images 0, 1, 2 as before, not 0, 2, 3."""
+    folder = tmp_path / "class"
+    prior.generate_class_images(FakePipe(), folder, "p", 6, batch_size=2, seed=0, progress=False)
+    before = names(folder)
+    (folder / before[1]).unlink()
+    assert prior.indices_to_make(folder, 3) == [1] and prior.indices_to_make(folder, 6) == [1]
+    calls["seeds"].clear()
+    prior.generate_class_images(FakePipe(), folder, "p", 3, batch_size=2, seed=0, progress=False)
+    assert calls["seeds"] == [[1]] and names(folder) == before
+
+
 def test_stale_temporary_files_are_removed(tmp_path, calls):
     folder = tmp_path / "class"
     folder.mkdir()

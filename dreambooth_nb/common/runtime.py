@@ -137,7 +137,9 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     MindSpore compiles and runs on several threads; with glibc's default of an arena per thread, memory one compile
     freed was not reused by the next. Measured on the toy model (2-core CPU, one process: 40 training steps, then 4
     pictures sampled): peak 2115 MB with the default, 1728 MB with one arena, 2102 with two; the step and the sampling
-    as fast. Returns False where it does not apply (MALLOC_ARENA_MAX set, not Linux with glibc).
+    as fast. In a Jupyter kernel its own threads made their arenas before setup runs, so there the environment
+    variable does it: `make lab`, `make test` and Binder's start set MALLOC_ARENA_MAX=1. Returns False where it does
+    not apply (MALLOC_ARENA_MAX set, not Linux with glibc).
     """
     if os.environ.get("MALLOC_ARENA_MAX") or platform.system() != "Linux":
         return False
