@@ -5,9 +5,6 @@ STAMP := $(VENV)/.dreambooth-nb-installed
 BENCH_VENV ?= .venv-bench
 PY := $(VENV)/bin/python
 export GLOG_v ?= 3
-# one malloc arena a process: notebook kernels (make lab, nbval) and every command then peak lower, as fast
-# (runtime.setup caps it too, but in a Jupyter kernel its own threads made their arenas before setup runs)
-export MALLOC_ARENA_MAX ?= 1
 
 .PHONY: install demo test unit notebooks lab bench clean-outputs strip
 

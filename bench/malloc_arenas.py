@@ -1,11 +1,11 @@
-"""Peak memory and speed of the toy model with glibc's default malloc arenas against one (what runtime.setup keeps).
+"""Peak memory and speed of the toy model with glibc's default malloc arenas against one (Binder's MALLOC_ARENA_MAX=1).
 
     python bench/malloc_arenas.py [--repeats 2]
 
 Each setting runs in its own fresh process, in turn: `--steps` training steps of chapter 07's playground run
-(batch 4, compiled anew: the compile cache off), then 4 pictures sampled once to compile and 3 times timed. "glibc's
-default" sets MALLOC_ARENA_MAX to 8 per core (glibc's own default, which setup then leaves alone); "one arena" is
-setup's cap. Results go to outputs/bench/malloc_arenas.{json,md}.
+(batch 4, compiled anew: the compile cache off), then 4 pictures sampled once to compile and 3 times timed, once with
+glibc's default (an arena per thread, up to 8 a core) and once with MALLOC_ARENA_MAX=1 (binder/start's setting).
+Results go to outputs/bench/malloc_arenas.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "bench"
-SETTINGS = {"glibc's default": str(8 * (os.cpu_count() or 1)), "one arena (setup)": None}
+SETTINGS = {"glibc's default": None, "MALLOC_ARENA_MAX=1 (Binder)": "1"}
 
 WORKER = """
 import json, statistics, sys, tempfile, time

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata as metadata
 import io
 import os
@@ -128,27 +127,6 @@ def apply_onednn_fix() -> str | None:
     return None
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter: the most malloc arenas a process may have
-
-
-def limit_malloc_arenas(arenas: int = 1) -> bool:
-    """Cap glibc's malloc at `arenas` arena(s) for this process (unless MALLOC_ARENA_MAX is set: then it decides).
-
-    MindSpore compiles and runs on several threads; with glibc's default of an arena per thread, memory one compile
-    freed was not reused by the next. Measured on the toy model (2-core CPU, one process: 40 training steps, then 4
-    pictures sampled): peak 2115 MB with the default, 1728 MB with one arena, 2102 with two; the step and the sampling
-    as fast. In a Jupyter kernel its own threads made their arenas before setup runs, so there the environment
-    variable does it: `make lab`, `make test` and Binder's start set MALLOC_ARENA_MAX=1. Returns False where it does
-    not apply (MALLOC_ARENA_MAX set, not Linux with glibc).
-    """
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.system() != "Linux":
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
 def import_quietly(module: str):
     """Import a module while swallowing what it prints on import (mindone prints banners)."""
     import importlib
@@ -236,8 +214,7 @@ _STATE: dict = {}
 
 
 def setup(device: str | None = None, mode: str = "graph", seed: int = defaults.SEED, show: bool = True) -> RuntimeInfo:
-    """Quiet the logs, pick the device and the compiled mode, seed everything, keep malloc to one arena
-    (limit_malloc_arenas); return what was chosen (printed outside notebooks).
+    """Quiet the logs, pick the device and the compiled mode, seed everything; return what was chosen (printed outside notebooks).
 
     device: "auto" (default), "Ascend", "GPU" or "CPU"; DREAMBOOTH_NB_DEVICE overrides "auto".
     mode: "graph" compiles every network call (use it: PyNative is ~50x slower for small UNets);
@@ -247,7 +224,6 @@ def setup(device: str | None = None, mode: str = "graph", seed: int = defaults.S
         raise InputError(f"mode must be 'graph' or 'pynative', not {mode!r}.")
     quiet_environment()
     isa = apply_onednn_fix()
-    limit_malloc_arenas()
     import mindspore as ms
 
     chosen = choose_device(device)
