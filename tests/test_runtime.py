@@ -156,4 +156,3 @@ def test_mindspore_out_of_memory_becomes_one_line_with_what_to_change():
     assert "64.0 GiB" in line and "--resolution" in line and "\n" not in line
     assert "--resolution" in error_summary(RuntimeError("std::bad_alloc"))
     assert error_summary(RuntimeError("\n-----\n- Kernel X failed\n-----\n")) == "RuntimeError: Kernel X failed"
-
