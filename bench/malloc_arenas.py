@@ -16,10 +16,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "outputs" / "bench"
+from run import OUT, ROOT
 SETTINGS = {"glibc's default": None, "MALLOC_ARENA_MAX=1 (Binder)": "1"}
 
 WORKER = """

@@ -50,8 +50,9 @@ def stopped_then_resumed_in_place(train, config_for, components, stop: int = 3):
 def move_trainable_weights(components, by: float = 0.5) -> None:
     """Add `by` to every trainable weight of the components' networks, in place."""
     from dreambooth_nb.common import runtime
+    from dreambooth_nb.train.engine import NETWORK_NAMES
 
-    for name in ("unet", "text_encoder", "text_encoder_2"):
+    for name in NETWORK_NAMES:
         net = getattr(components, name, None)
         for p in net.trainable_params() if net is not None else ():
             runtime.write_in_place(p, p.asnumpy() + by)
