@@ -1,0 +1,57 @@
+"""Which UNet weights carry the subject: dreambooth_pilot.py with only part of the UNet trained, at full rank.
+
+    PART=attention VARIANT='{"recipe": "prior weight 0.5", "seed": 0}' NAME=attn-only-full-rank-0 \
+        python pretraining/toyworld-v6/part_finetune_pilot.py
+    PART=all-but-attention VARIANT='{"recipe": "prior weight 0.5", "seed": 0}' NAME=all-but-attention-0 \
+        python pretraining/toyworld-v6/part_finetune_pilot.py
+
+PART=attention trains only the attention projections LoRA adapts (to_q, to_k, to_v, to_out); PART=all-but-attention
+trains every other UNet weight. VARIANT and NAME are dreambooth_pilot.py's (its results go to outputs/pilots/).
+"""
+
+import dataclasses
+import os
+import runpy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from dreambooth_nb.train import engine  # noqa: E402
+import dreambooth_nb.train as train_package  # noqa: E402
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out")
+PART = os.environ.get("PART", "attention")
+if PART not in ("attention", "all-but-attention"):
+    raise SystemExit(f"PART={PART}: give attention or all-but-attention")
+
+
+def is_attention(weight) -> bool:
+    return any(f".{name}." in weight.name for name in ATTENTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartOfUNet(engine.StableDiffusionMethod):
+    """Full fine-tuning with only PART of the UNet's weights trained (the rest frozen)."""
+
+    def parameters(self, config, nets, schedule):
+        weights = engine.trainable_weights(nets)
+        kept = [w for w in weights if is_attention(w) == (PART == "attention")]
+        for weight in weights:
+            weight.requires_grad = any(weight is k for k in kept)
+        print(f"trained weights ({PART}): {len(kept)} of {len(weights)} tensors, {sum(int(w.size) for w in kept):,}")
+        return kept
+
+
+METHOD = PartOfUNet(**{f.name: getattr(engine.FULL_FINE_TUNING, f.name) for f in dataclasses.fields(engine.FULL_FINE_TUNING)})
+whole_unet = engine.train_dreambooth
+
+
+def train_part(config, components=None, progress=True, on_step=None, method=None):
+    return whole_unet(config, components, progress, on_step, method=METHOD)
+
+
+train_package.train_dreambooth = train_part  # what dreambooth_pilot.py's experiments.train_toy calls
+os.chdir(ROOT)
+runpy.run_path(str(Path(__file__).with_name("dreambooth_pilot.py")), run_name="__main__")
