@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 
-from run import OUT, ROOT
+from run import ROOT, save_table
 SETTINGS = {"glibc's default": None, "MALLOC_ARENA_MAX=1 (Binder)": "1"}
 
 WORKER = """
@@ -61,10 +61,7 @@ def main() -> int:
     for name, results in runs.items():
         median = {k: statistics.median(r[k] for r in results) for k in results[0]}
         rows.append(f"| {name} | {median['step_s']:.3f} | {median['sampling_s']:.2f} | {median['peak_mb']:.0f} |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "malloc_arenas.json").write_text(json.dumps(runs, indent=1))
-    (OUT / "malloc_arenas.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    save_table("malloc_arenas", runs, rows)
     return 0
 
 

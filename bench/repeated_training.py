@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from run import OUT, ROOT
+from run import ROOT, save_table
 
 SETTINGS = {"as the engine leaves it": "0", "each finished graph deleted (del_net_res)": "1"}
 
@@ -81,10 +81,7 @@ def main() -> int:
         cells += [f"{r['rss_mb']:.0f} MB (+{r['rss_mb'] - p['rss_mb']:.0f}), {r['unets_alive']} UNets, {r['seconds']:.0f} s"
                   for p, r in zip(runs, runs[1:])]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "repeated_training.json").write_text(json.dumps(results, indent=1))
-    (OUT / "repeated_training.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    save_table("repeated_training", results, rows)
     return 0
 
 

@@ -27,6 +27,14 @@ ROOT = HERE.parent
 OUT = ROOT / "outputs" / "bench"
 
 
+def save_table(stem: str, measured, markdown_rows: list[str]) -> None:
+    """Write what a benchmark measured (OUT/<stem>.json) and its table (OUT/<stem>.md), and print the table."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{stem}.json").write_text(json.dumps(measured, indent=1))
+    (OUT / f"{stem}.md").write_text("\n".join(markdown_rows) + "\n")
+    print("\n".join(markdown_rows))
+
+
 # (what the case name starts with, target ratio MindSpore/PyTorch of steady seconds); a toy train step's peak RSS is
 # held to at most RSS_TARGET x PyTorch's (a run with a warm compile cache: the step's own memory, without the
 # compiler's; the compiling run's ratio is printed beside it), and a training step's first step with a warm compile

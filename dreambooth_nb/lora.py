@@ -49,11 +49,16 @@ LORA = StableDiffusionMethod(
 
 
 def adapter_state(net) -> dict:
-    """A network's adapter weights with diffusers' key names ('...to_q.lora.down.weight')."""
+    """A network's adapter weights with diffusers' key names ('...to_q.lora.down.weight'), or all with peft's
+    ('...conv1.lora_A.weight') when diffusers has no name for one of its layers (adapters on convolutions): mindone's
+    and diffusers' loaders read a file in one naming or the other, and of a file mixing both they load only the peft
+    names, leaving the other adapters at their initial values without a word."""
     from mindone.diffusers._peft.utils import get_peft_model_state_dict
     from mindone.diffusers.utils import convert_state_dict_to_diffusers
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(net))
+    peft_named = get_peft_model_state_dict(net)
+    diffusers_named = convert_state_dict_to_diffusers(peft_named)
+    return peft_named if any(key.endswith(PEFT_MATRIX_NAMES) for key in diffusers_named) else diffusers_named
 
 
 def save_adapters(pipeline_class, nets: dict, output_dir: Path, config) -> Path:
@@ -110,25 +115,30 @@ def load_adapters(pipe, adapters: str | os.PathLike) -> None:
     pipe.load_lora_weights(str(path.parent), weight_name=path.name)
 
 
-# How diffusers' LoRA file names an adapted layer's two matrices: <layer>.lora.down/up.weight in the UNet,
-# <layer>.lora_linear_layer.down/up.weight in the text encoders.
-ADAPTER_LAYER_NAMES = ("lora", "lora_linear_layer")
+# How a LoRA file names an adapted layer's two matrices (down, up): diffusers' <layer>.lora.down/up.weight in the UNet,
+# <layer>.lora_linear_layer.down/up.weight in the text encoders, and peft's <layer>.lora_A/lora_B.weight, which
+# diffusers' key conversion leaves on every layer it has no name for (convolutions' adapters)
+ADAPTER_MATRIX_NAMES = ((".lora.down.weight", ".lora.up.weight"),
+                        (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+                        (".lora_A.weight", ".lora_B.weight"))
+PEFT_MATRIX_NAMES = ADAPTER_MATRIX_NAMES[-1]
 
 
 def adapter_updates(adapters: str | os.PathLike, prefix: str = "unet.") -> dict[str, np.ndarray]:
-    """{weight name: (alpha/r)·B·A} for every adapted weight of one network (the change LoRA makes to W)."""
+    """{weight name: (alpha/r)·B·A} for every adapted weight of one network (the change LoRA makes to W; a
+    convolution's adapter, a k x k convolution to r channels then a 1 x 1 one, gives a k x k update)."""
     from safetensors.numpy import load_file
 
     state = load_file(str(adapter_file(adapters)))
     updates = {}
     for key, down in state.items():
-        layer = next((name for name in ADAPTER_LAYER_NAMES if key.endswith(f".{name}.down.weight")), None)
-        if key.startswith(prefix) and layer is not None:
-            up = state[key.replace(f".{layer}.down.", f".{layer}.up.")]
+        names = next((pair for pair in ADAPTER_MATRIX_NAMES if key.endswith(pair[0])), None)
+        if key.startswith(prefix) and names is not None:
+            layer = key[len(prefix):-len(names[0])]
+            up = state[key[:-len(names[0])] + names[1]]
             rank = down.shape[0]
-            alpha = float(state.get(key.replace(f".{layer}.down.weight", ".alpha"), rank))
-            weight = key[len(prefix):].replace(f".{layer}.down.weight", ".weight")
-            updates[weight] = (alpha / rank) * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)).reshape(
+            alpha = float(state.get(key[:-len(names[0])] + ".alpha", rank))
+            updates[layer + ".weight"] = (alpha / rank) * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)).reshape(
                 up.shape[:1] + down.shape[1:])
     return updates
 
@@ -228,7 +238,7 @@ def lora_size(full_model: str | os.PathLike, adapters: str | os.PathLike) -> Lor
 
     unet = load_file(str(Path(full_model) / "unet" / "diffusion_pytorch_model.safetensors"))
     state = load_file(str(adapter_file(adapters)))
-    rank = next(v.shape[0] for k, v in state.items() if k.endswith(".lora.down.weight"))
+    rank = next(v.shape[0] for k, v in state.items() if k.endswith(tuple(down for down, _ in ADAPTER_MATRIX_NAMES)))
     return LoraSize(rank, sum(int(v.size) for v in unet.values()), sum(int(v.size) for v in state.values()),
                     adapter_file(adapters).stat().st_size,
                     pipeline_bytes(full_model))

@@ -75,6 +75,43 @@ def test_adapter_scores_are_judged_once_per_seed_and_file_and_read_back(tmp_path
     assert judged == [0, 1, 1]  # a changed file is judged again
 
 
+def test_adapters_on_convolutions_are_saved_in_one_naming_and_load_whole(tmp_path):
+    """Adapters on layers diffusers has no name for (a ResNet's convolutions) beside the attention's: the file names
+    every adapter peft's way, mindone's loader fills every adapter with the file's values (of a file mixing both
+    namings it loaded only the convolutions'), and merging changes each adapted weight by B·A."""
+    from safetensors.numpy import load_file
+
+    from conftest import lora_test_config
+    from dreambooth_nb.common import runtime
+    from dreambooth_nb.lora import UNET_TARGETS, adapter_updates, lora_pipeline, merge_adapters, save_sd_adapters
+    from dreambooth_nb.models import load_components
+    from dreambooth_nb.train.adapters import adapter_parameters, add_adapters
+
+    runtime.setup(device="CPU", show=False)
+    components = load_components(TINY)
+    add_adapters(components.unet, "unet", UNET_TARGETS + ("conv1", "conv2"), rank=2)
+    rng = np.random.default_rng(0)
+    for p in adapter_parameters(components.unet):  # trained-looking adapters: B no longer zero
+        runtime.write_in_place(p, 0.1 * rng.standard_normal(p.shape).astype(np.float32))
+    state = load_file(str(save_sd_adapters(components, tmp_path, lora_test_config(tmp_path))))
+    assert any(".conv1.lora_A." in k for k in state) and any(".to_q.lora_A." in k for k in state)
+    assert not any(".lora.down." in k for k in state), "one naming in the file"
+
+    loaded = dict(lora_pipeline(TINY, tmp_path).unet.parameters_and_names())
+    for key, value in state.items():  # unet.<layer>.lora_B.weight -> <layer>.lora_B.default_0.weight
+        name = key[len("unet."):].replace(".weight", ".default_0.weight")
+        np.testing.assert_array_equal(loaded[name].asnumpy(), value, err_msg=f"{name} not loaded from the file")
+
+    base = db.load_pipeline(TINY)
+    before = {k: p.asnumpy().copy() for k, p in base.unet.parameters_and_names()}
+    updates = adapter_updates(tmp_path)
+    assert merge_adapters(base, tmp_path) == len(updates) == len(state) // 2
+    after = dict(base.unet.parameters_and_names())
+    for name, update in updates.items():
+        np.testing.assert_allclose(after[name].asnumpy(), before[name] + update, atol=1e-6, err_msg=name)
+    assert any(update.ndim == 4 and update.shape[-1] == 3 for update in updates.values()), "3 x 3 convolutions merged"
+
+
 @pytest.fixture(scope="module")
 def runs(lora_runs):
     """conftest's shared LoRA runs (full, and stopped then resumed)."""

@@ -6,7 +6,7 @@
         python pretraining/toyworld-v6/part_finetune_pilot.py
 
 PART=attention trains only the attention projections LoRA adapts (to_q, to_k, to_v, to_out); PART=all-but-attention
-trains every other UNet weight. VARIANT and NAME are dreambooth_pilot.py's (its results go to outputs/pilots/).
+trains every other UNet weight; PART=only:conv1,conv2 trains the weights of layers with those names. VARIANT and NAME are dreambooth_pilot.py's (its results go to outputs/pilots/).
 """
 
 import dataclasses
@@ -23,12 +23,18 @@ import dreambooth_nb.train as train_package  # noqa: E402
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out")
 PART = os.environ.get("PART", "attention")
-if PART not in ("attention", "all-but-attention"):
-    raise SystemExit(f"PART={PART}: give attention or all-but-attention")
+if PART not in ("attention", "all-but-attention") and not PART.startswith("only:"):
+    raise SystemExit(f"PART={PART}: give attention, all-but-attention or only:<layer names, commas between>")
 
 
-def is_attention(weight) -> bool:
-    return any(f".{name}." in weight.name for name in ATTENTION)
+def named(weight, names) -> bool:
+    return any(f".{name}." in weight.name for name in names)
+
+
+def trains(weight) -> bool:
+    if PART.startswith("only:"):
+        return named(weight, PART[len("only:"):].split(","))
+    return named(weight, ATTENTION) == (PART == "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +43,7 @@ class PartOfUNet(engine.StableDiffusionMethod):
 
     def parameters(self, config, nets, schedule):
         weights = engine.trainable_weights(nets)
-        kept = [w for w in weights if is_attention(w) == (PART == "attention")]
+        kept = [w for w in weights if trains(w)]
         for weight in weights:
             weight.requires_grad = any(weight is k for k in kept)
         print(f"trained weights ({PART}): {len(kept)} of {len(weights)} tensors, {sum(int(w.size) for w in kept):,}")
