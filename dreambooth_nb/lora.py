@@ -134,12 +134,11 @@ def adapter_updates(adapters: str | os.PathLike, prefix: str = "unet.") -> dict[
     for key, down in state.items():
         names = next((pair for pair in ADAPTER_MATRIX_NAMES if key.endswith(pair[0])), None)
         if key.startswith(prefix) and names is not None:
-            layer = key[len(prefix):-len(names[0])]
-            up = state[key[:-len(names[0])] + names[1]]
-            rank = down.shape[0]
-            alpha = float(state.get(key[:-len(names[0])] + ".alpha", rank))
-            updates[layer + ".weight"] = (alpha / rank) * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)).reshape(
-                up.shape[:1] + down.shape[1:])
+            layer = key[:-len(names[0])]  # prefix + the adapted layer's name
+            up, rank = state[layer + names[1]], down.shape[0]
+            alpha = float(state.get(layer + ".alpha", rank))
+            updates[layer[len(prefix):] + ".weight"] = (alpha / rank) * (
+                up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)).reshape(up.shape[:1] + down.shape[1:])
     return updates
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import dreambooth_nb as db
+from conftest import lora_test_config
 from dreambooth_nb import train_lora as cli
 from dreambooth_nb.train import cli as train_cli
 from dreambooth_nb.common.config import LoraTrainConfig
@@ -81,7 +82,6 @@ def test_adapters_on_convolutions_are_saved_in_one_naming_and_load_whole(tmp_pat
     namings it loaded only the convolutions'), and merging changes each adapted weight by B·A."""
     from safetensors.numpy import load_file
 
-    from conftest import lora_test_config
     from dreambooth_nb.common import runtime
     from dreambooth_nb.lora import UNET_TARGETS, adapter_updates, lora_pipeline, merge_adapters, save_sd_adapters
     from dreambooth_nb.models import load_components
