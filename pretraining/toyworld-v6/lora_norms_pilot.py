@@ -32,13 +32,11 @@ import dreambooth_nb as db  # noqa: E402
 from dreambooth_nb import lora  # noqa: E402
 from dreambooth_nb.train import engine  # noqa: E402
 
-EVERY_OTHER_LAYER = ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "proj_in", "proj_out",
-                     "ff.net.0.proj", "ff.net.2", "time_emb_proj", "linear_1", "linear_2")
 rank, lr, steps = int(os.environ.get("RANK", 16)), float(os.environ.get("LR", 1e-3)), int(os.environ.get("STEPS", 600))
 norm_lr, prior_weight = float(os.environ.get("NORM_LR", 1e-4)), float(os.environ.get("PW", 1.0))
 seed = int(os.environ.get("SEED", 0))
 judge_at = [int(n) for n in os.environ.get("JUDGE_AT", "").split(",") if n and int(n) < steps]
-extra = tuple(os.environ["EXTRA"].split(",")) if os.environ.get("EXTRA") else EVERY_OTHER_LAYER
+extra = tuple(os.environ["EXTRA"].split(",")) if os.environ.get("EXTRA") else lora.CONV_AND_LINEAR_LAYERS
 out = Path(f"outputs/pilots/lora-norms{norm_lr:g}-r{rank}-lr{lr:g}-{steps}-pw{prior_weight:g}-s{seed}"
            + (f"-{'+'.join(extra)}" if os.environ.get("EXTRA") else ""))
 

@@ -25,8 +25,6 @@ from dreambooth_nb.sdxl import training  # noqa: E402
 from dreambooth_nb.sdxl.model import load_sdxl_pipeline  # noqa: E402
 from dreambooth_nb.train import engine  # noqa: E402
 
-EVERY_OTHER_LAYER = ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "proj_in", "proj_out",
-                     "ff.net.0.proj", "ff.net.2", "time_emb_proj", "linear_1", "linear_2")
 rank, lr, steps = int(os.environ.get("RANK", 16)), float(os.environ.get("LR", 1e-3)), int(os.environ.get("STEPS", 1200))
 prior_weight, seed = float(os.environ.get("PW", 0.5)), int(os.environ.get("SEED", 0))
 judge_at = [int(n) for n in os.environ.get("JUDGE_AT", "").split(",") if n and int(n) < steps]
@@ -40,7 +38,7 @@ class EveryLayer(training.SDXLLoraAdapters):
     nets: dict = dataclasses.field(default_factory=dict)
 
     def adapter_targets(self, name: str) -> tuple:
-        return training.SDXL_UNET_TARGETS + EVERY_OTHER_LAYER if name == "unet" else lora.TEXT_TARGETS
+        return training.SDXL_UNET_TARGETS + lora.CONV_AND_LINEAR_LAYERS if name == "unet" else lora.TEXT_TARGETS
 
     def parameters(self, config, nets, schedule):
         self.nets.update(nets)
