@@ -4,7 +4,9 @@ pretraining/toyworld-v6/lora_norms_pilot.py), judged as chapter 09 judges (the a
 
     SEED=0 RANK=16 LR=1e-3 PW=0.5 STEPS=1200 JUDGE_AT=900 python pretraining/toyworld-v7/sdxl_lora_targets_pilot.py
 
-The run goes to outputs/pilots/sdxl-lora-all-r<RANK>-lr<LR>-<STEPS>-pw<PW>-s<SEED>, each judged step's adapters in
+TE_LR (0: the text encoders frozen, as chapter 09) trains adapters on both text encoders at that rate as well
+(--train_text_encoder --text_encoder_lr). The run goes to
+outputs/pilots/sdxl-lora-all-r<RANK>-lr<LR>-<STEPS>-pw<PW>-s<SEED>[-te<TE_LR>], each judged step's adapters in
 step-<N>/ (JUDGE_AT: steps judged as well as the last, commas between). About 10 minutes a 1,200-step run on 2 cores.
 """
 
@@ -27,8 +29,10 @@ from dreambooth_nb.train import engine  # noqa: E402
 
 rank, lr, steps = int(os.environ.get("RANK", 16)), float(os.environ.get("LR", 1e-3)), int(os.environ.get("STEPS", 1200))
 prior_weight, seed = float(os.environ.get("PW", 0.5)), int(os.environ.get("SEED", 0))
+text_lr = float(os.environ.get("TE_LR", 0))
 judge_at = [int(n) for n in os.environ.get("JUDGE_AT", "").split(",") if n and int(n) < steps]
-out = Path(f"outputs/pilots/sdxl-lora-all-r{rank}-lr{lr:g}-{steps}-pw{prior_weight:g}-s{seed}")
+out = Path(f"outputs/pilots/sdxl-lora-all-r{rank}-lr{lr:g}-{steps}-pw{prior_weight:g}-s{seed}"
+           + (f"-te{text_lr:g}" if text_lr else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,8 @@ class EveryLayer(training.SDXLLoraAdapters):
 method = EveryLayer()
 db.setup(show=False)
 config = sdxl_lora_config(output_dir=str(out), lora_rank=rank, learning_rate=lr, max_train_steps=steps, seed=seed,
-                          prior_loss_weight=prior_weight, validation_prompt=None)
+                          prior_loss_weight=prior_weight, validation_prompt=None, train_text_encoder=bool(text_lr),
+                          **({"text_encoder_lr": text_lr} if text_lr else {}))
 
 
 def keep_judged_steps(history: list) -> None:
