@@ -1,6 +1,6 @@
 """Chapter 09's SDXL LoRA run with adapters on every convolution and linear layer of the UNet as well as on the
 attention projections mindone's SDXL script adapts (the layers where the toy SD's LoRA learned the subject:
-pretraining/toyworld-v6/lora_norms_pilot.py), judged as chapter 09 judges (the adapters merged into the toy SDXL).
+pretraining/toyworld-v6/lora_targets_pilot.py), judged as chapter 09 judges (the adapters merged into the toy SDXL).
 
     SEED=0 RANK=16 LR=1e-3 PW=0.5 STEPS=1200 JUDGE_AT=900 python pretraining/toyworld-v7/sdxl_lora_targets_pilot.py
 
