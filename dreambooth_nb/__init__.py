@@ -79,7 +79,7 @@ _EXPORTS = {
     "rank_sweep": "lora", "lora_panels": "lora",
     # 09
     "load_sdxl_pipeline": "sdxl.model", "sdxl_prompt_embeddings": "sdxl.model", "micro_conditioning_grid": "sdxl.model",
-    "sdxl_lora_config": "common.config", "train_sdxl_adapters": "sdxl.training:train_sdxl_lora",
+    "sdxl_lora_config": "common.config", "EVERY_LAYER_LORA": "common.config", "train_sdxl_adapters": "sdxl.training:train_sdxl_lora",
     "sdxl_memory_estimate": "sdxl.memory:estimate", "sdxl_config_of": "common.config", "sdxl_parts": "sdxl.model",
     "show_text_features": "sdxl.model", "micro_conditioning_measures": "sdxl.model", "conditioned": "sdxl.model",
     "derived_weights": "sdxl.toy", "sdxl_lora_pipeline": "sdxl.training",

@@ -23,7 +23,7 @@ from .common.files import share_modes, write_text_atomic
 from .common.formats import LORA_FILES
 from .common.tables import Table, measure_rows
 from .models import Components
-from .train.adapters import has_adapter
+from .train.adapters import CONV_AND_LINEAR_LAYERS, has_adapter  # noqa: F401 (--lora_layers=all adds these)
 from .train.engine import StableDiffusionMethod
 from .widgets import GeneratePanel, TrainPanel
 from .common.errors import MissingFileError
@@ -31,11 +31,6 @@ from .common.errors import MissingFileError
 ADAPTER_FILE = LORA_FILES[0]  # the name diffusers' save_lora_weights / load_lora_weights use
 UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")  # as mindone's reference script
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-# every other convolution and linear layer of a UNet: where the toy subject lives (README, SDXL section; the pilots in
-# pretraining/ add these to the targets above)
-CONV_AND_LINEAR_LAYERS = ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "proj_in", "proj_out",
-                          "ff.net.0.proj", "ff.net.2", "time_emb_proj", "linear_1", "linear_2")
-
 
 def save_sd_adapters(components: Components, output_dir: Path, config) -> Path:
     """LoRA's result: output_dir/pytorch_lora_weights.safetensors (diffusers key names) and the settings beside it."""

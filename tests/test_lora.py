@@ -49,6 +49,34 @@ def test_bad_lora_flags_stop_before_any_work(tmp_path, capsys):
     assert "--lora_rank=0 must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_lora_layers_choose_the_unets_adapted_layers_and_an_unknown_one_is_named(capsys, tmp_path):
+    """--lora_layers (diffusers' flag): the reference's attention layers by default, 'all' adds every convolution and
+    linear layer, a list is taken as given; a name no layer has stops the run naming it (peft would skip it)."""
+    from dreambooth_nb.common import runtime
+    from dreambooth_nb.common.errors import UserError
+    from dreambooth_nb.lora import CONV_AND_LINEAR_LAYERS, LORA, TEXT_TARGETS, UNET_TARGETS
+    from dreambooth_nb.models import load_components
+    from dreambooth_nb.train.engine import FULL_FINE_TUNING, prepare_networks
+
+    config = lora_test_config(tmp_path)
+    assert LORA.adapter_targets(config, "unet") == UNET_TARGETS
+    assert LORA.adapter_targets(config.replace(lora_layers="all"), "unet") == UNET_TARGETS + CONV_AND_LINEAR_LAYERS
+    assert LORA.adapter_targets(config.replace(lora_layers="conv1, to_q"), "unet") == ("conv1", "to_q")
+    assert LORA.adapter_targets(config.replace(lora_layers="conv1"), "text_encoder") == TEXT_TARGETS
+    assert FULL_FINE_TUNING.adapter_targets(db.TrainConfig(), "unet") is None
+
+    runtime.setup(device="CPU", show=False)
+    with pytest.raises(UserError, match="no layer named 'conv9'; its layers end with: .*conv1") as refused:
+        prepare_networks(config.replace(lora_layers="to_q,conv9"), LORA, load_components(TINY))
+    assert "to_q'" not in str(refused.value)
+    nets = prepare_networks(config.replace(lora_layers="conv1,to_q"), LORA, load_components(TINY))
+    adapted = {p.name.split(".lora_")[0].split(".")[-1] for p in nets["unet"].trainable_params()}
+    assert adapted == {"conv1", "to_q"}
+
+    assert cli.main(["--lora_layers=to q", f"--output_dir={tmp_path / 'out'}"]) == 2
+    assert "--lora_layers='to q'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_adapter_scores_are_judged_once_per_seed_and_file_and_read_back(tmp_path, monkeypatch):
     """Chapter 08 judges its LoRA run once; a rank sweep, chapter 09 or a rerun reads the kept scores and pictures
     back, unless the seed, the profile or the adapter file changed."""

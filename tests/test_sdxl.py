@@ -35,7 +35,7 @@ REQUIRED_THERE = {"pretrained_model_name_or_path", "instance_prompt", "instance_
 def test_every_reference_sdxl_flag_is_parsed_with_its_default():
     parser = train_cli.build_parser(SDXLLoraTrainConfig)
     options = {o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"help", "device"}
-    assert options == set(SDXL_REFERENCE) | {"pretrained_model_name_or_path"}
+    assert options == set(SDXL_REFERENCE) | {"pretrained_model_name_or_path", "lora_layers"}  # diffusers' SD3/Flux flag
     config, _ = train_cli.parse_config([], SDXLLoraTrainConfig, parser)
     for name, value in SDXL_REFERENCE.items():
         if name not in REQUIRED_THERE:
@@ -43,6 +43,32 @@ def test_every_reference_sdxl_flag_is_parsed_with_its_default():
     assert config.pretrained_model_name_or_path == "toy-world-xl"
     again, _ = train_cli.parse_config(["--prodigy_decouple=false"], SDXLLoraTrainConfig, parser)
     assert again.prodigy_decouple is False  # the reference's type=bool took "false" as True
+
+
+def test_sdxl_lora_layers_default_to_the_references_attention_and_all_adds_the_rest():
+    from dreambooth_nb.common.errors import UserError
+    from dreambooth_nb.lora import CONV_AND_LINEAR_LAYERS, TEXT_TARGETS
+    from dreambooth_nb.sdxl.training import SDXL_LORA, SDXL_UNET_TARGETS
+
+    config = SDXLLoraTrainConfig()
+    assert SDXL_LORA.adapter_targets(config, "unet") == SDXL_UNET_TARGETS
+    every = config.replace(lora_layers="all")
+    assert SDXL_LORA.adapter_targets(every, "unet") == SDXL_UNET_TARGETS + CONV_AND_LINEAR_LAYERS
+    assert SDXL_LORA.adapter_targets(every, "text_encoder_2") == TEXT_TARGETS
+    with pytest.raises(UserError, match="add_embedding: mindone's SDXL pipeline cannot sample"):
+        SDXL_LORA.adapter_targets(config.replace(lora_layers="to_q,linear_1"), "unet")
+
+
+def test_chapter_09s_every_layer_recipe_changes_only_its_settings_and_folders():
+    """`python -m dreambooth_nb.sdxl.compare --recipe every-layer`: chapter 08's run on both toys with
+    config.EVERY_LAYER_LORA's settings, in folders of its own."""
+    from dreambooth_nb.common.config import EVERY_LAYER_LORA
+    from dreambooth_nb.sdxl.compare import seed_configs
+
+    reference, every = seed_configs(1), seed_configs(1, "every-layer")
+    for name, config in every.items():
+        assert config.output_dir != reference[name].output_dir and config.seed == 1
+        assert config == reference[name].replace(output_dir=config.output_dir, **EVERY_LAYER_LORA)
 
 
 @pytest.mark.parametrize("flag, said", [

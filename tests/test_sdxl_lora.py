@@ -15,16 +15,17 @@ from test_share import PIXEL_TOLERANCE, TORCH_PYTHON
 
 @pytest.fixture(scope="module")
 def xl_lora(tiny_xl, tmp_path_factory):
-    """SDXL LoRA on the UNet and both text encoders: a run that never stops (root/full, its TrainResult as `full`),
-    and one stopped after 3 steps then resumed in the same networks (root/stopped)."""
+    """SDXL LoRA on every convolution and linear layer of the UNet (--lora_layers=all) and on both text encoders: a run
+    that never stops (root/full, its TrainResult as `full`), and one stopped after 3 steps then resumed in the same
+    networks (root/stopped)."""
     from dreambooth_nb.sdxl.model import load_sdxl_components
     from dreambooth_nb.sdxl.training import train_sdxl_lora
 
     root = tmp_path_factory.mktemp("xl-lora")
-    full = train_sdxl_lora(sdxl_test_config(root / "full", tiny_xl, train_text_encoder=True), load_sdxl_components(tiny_xl),
+    full = train_sdxl_lora(sdxl_test_config(root / "full", tiny_xl, train_text_encoder=True, lora_layers="all"), load_sdxl_components(tiny_xl),
                            progress=False)
     stopped_then_resumed_in_place(
-        train_sdxl_lora, lambda **c: sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True, **c),
+        train_sdxl_lora, lambda **c: sdxl_test_config(root / "stopped", tiny_xl, train_text_encoder=True, lora_layers="all", **c),
         load_sdxl_components(tiny_xl))
     return dict(root=root, full=full)
 
@@ -41,6 +42,7 @@ def test_sdxl_lora_on_both_text_encoders_saves_reloads_and_resumes(tiny_xl, xl_l
     state = load_file(str(root / "full" / "pytorch_lora_weights.safetensors"))
     prefixes = {k.split(".")[0] for k in state}
     assert prefixes == {"unet", "text_encoder", "text_encoder_2"} and all("lora" in k for k in state)
+    assert any(".conv1.lora_A." in k for k in state) and any(".to_q.lora_A." in k for k in state)  # peft's names
     assert len(full.history) == 4 and all(r["instance_loss"] > 0 for r in full.history)
     again = load_file(str(root / "stopped" / "pytorch_lora_weights.safetensors"))
     for key in state:

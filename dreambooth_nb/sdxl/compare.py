@@ -103,25 +103,36 @@ def compare_sd_sdxl(sd_config, sdxl_config, *, sd_pipe=None, sdxl_pipe=None, see
 # ------------------------------------------------------------------------------ the recipe over seeds
 SEEDS_DIR = Path("outputs") / "09-sdxl" / "seeds"
 FIDELITY_TARGET = 0.70  # `a photo of sks star` judged the subject, SDXL LoRA with prior preservation, mean over seeds
-RESULTS = "dreambooth-lora"  # .txt and .json beside the toy SDXL's model card
+RESULTS = "dreambooth-lora"  # the tables (.txt) beside the toy SDXL's model card
 
 
-def results_file(suffix: str = ".txt") -> Path:
-    """The committed results of `python -m dreambooth_nb.sdxl.compare --install`, beside the toy SDXL's card."""
+def recipes() -> dict:
+    """{name: changes to chapter 08's LoRA run}: the reference's attention adapters, and adapters on every layer."""
+    from ..common.config import EVERY_LAYER_LORA
+
+    return {"reference": {}, "every-layer": EVERY_LAYER_LORA}
+
+
+def results_file(suffix: str = ".txt", recipe: str = "reference") -> Path:
+    """The committed results of `python -m dreambooth_nb.sdxl.compare --recipe RECIPE --install`, beside the toy
+    SDXL's card."""
     from ..common.assets import toy_world_dir
 
-    return toy_world_dir() / "xl" / f"{RESULTS}{suffix}"
+    return toy_world_dir() / "xl" / f"{RESULTS}{'' if recipe == 'reference' else '-' + recipe}{suffix}"
 
 
-def seed_configs(seed: int) -> dict:
-    """Chapter 09's two runs (LoRA with prior on the toy SD and on the toy SDXL) for one seed, each in its own folder."""
+def seed_configs(seed: int, recipe: str = "reference") -> dict:
+    """Chapter 09's two runs (LoRA with prior on the toy SD and on the toy SDXL) for one seed and recipe, each in its
+    own folder."""
     from ..common.config import lora_config, sdxl_lora_config
 
-    return {"SD + LoRA": lora_config(seed=seed, output_dir=str(SEEDS_DIR / f"sd-{seed}")),
-            "SDXL + LoRA": sdxl_lora_config(seed=seed, output_dir=str(SEEDS_DIR / f"sdxl-{seed}"), validation_prompt=None)}
+    changes, tag = recipes()[recipe], "" if recipe == "reference" else f"{recipe}-"
+    return {"SD + LoRA": lora_config(seed=seed, output_dir=str(SEEDS_DIR / f"sd-{tag}{seed}"), **changes),
+            "SDXL + LoRA": sdxl_lora_config(seed=seed, output_dir=str(SEEDS_DIR / f"sdxl-{tag}{seed}"),
+                                            validation_prompt=None, **changes)}
 
 
-def lora_over_seeds(seeds=(0, 1, 2), progress: bool = True):
+def lora_over_seeds(seeds=(0, 1, 2), progress: bool = True, recipe: str = "reference"):
     """The same LoRA recipe with prior preservation on both toy models, one run per seed (trained here unless
     finished), judged with chapter 06's prompts: mean ± sd per score, the SDXL fidelity target met or not."""
     from ..infer import load_pipeline
@@ -135,43 +146,49 @@ def lora_over_seeds(seeds=(0, 1, 2), progress: bool = True):
     trainers = {"SD + LoRA": train_lora, "SDXL + LoRA": train_sdxl_lora}
     runs = {name: [] for name in pipes}
     for seed in seeds:
-        for name, config in seed_configs(seed).items():
+        for name, config in seed_configs(seed, recipe).items():
             if not finished_run_of(config):
                 trainers[name](config, progress=progress)
             runs[name].append(adapter_scores(pipes[name], config.output_dir, seed))
     spreads = {name: {k: v for k, v in over_seeds(r).items() if k in MAIN_SCORES} for name, r in runs.items()}
     fidelity = spreads["SDXL + LoRA"]["subject fidelity"].mean
-    config = seed_configs(seeds[0])["SDXL + LoRA"]
+    config = seed_configs(seeds[0], recipe)["SDXL + LoRA"]
+    where = "every convolution and linear layer" if config.lora_layers == "all" else "the attention projections"
     return Scores(spreads, targets={"subject fidelity": f"SDXL >= {FIDELITY_TARGET:.0%}: "
                                                         f"{'met' if fidelity >= FIDELITY_TARGET else 'not met'}"},
-                  caption=f"DreamBooth LoRA with prior preservation (rank {config.lora_rank}, lr {config.learning_rate:g}, "
+                  caption=f"DreamBooth LoRA with prior preservation (adapters on {where}, rank {config.lora_rank}, "
+                          f"lr {config.learning_rate:g}, prior weight {config.prior_loss_weight:g}, "
                           f"{config.max_train_steps} steps, {config.num_class_images} class images), mean ± sd over "
                           f"seeds {list(seeds)}:")
 
 
 def main(argv=None):
-    """Print (and with --install, keep beside the toy SDXL's card) the recipe's scores over seeds."""
+    """Print (and with --install, keep beside the toy SDXL's card) a recipe's scores over seeds."""
     import argparse
 
     from ..common import runtime
 
     p = argparse.ArgumentParser(prog="python -m dreambooth_nb.sdxl.compare", description=main.__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--recipe", choices=list(recipes()), default="reference",
+                   help="reference: chapter 08's run (adapters on the attention projections); every-layer: "
+                        "--lora_layers=all with the settings of config.EVERY_LAYER_LORA.")
     p.add_argument("--install", action="store_true", help="Write the table into dreambooth_nb/assets/toyworld/xl/.")
     args = p.parse_args(argv)
     runtime.setup(show=False)
-    table = lora_over_seeds(tuple(args.seeds))
+    table = lora_over_seeds(tuple(args.seeds), recipe=args.recipe)
     print(table)
     if args.install:
-        results_file(".txt").write_text(str(table) + "\n", encoding="utf-8")
+        results_file(".txt", args.recipe).write_text(str(table) + "\n", encoding="utf-8")
     return table
 
 
-def committed_lora_over_seeds():
-    """The table of the committed full-profile run of `python -m dreambooth_nb.sdxl.compare --seeds 0 1 2 --install`."""
+def committed_lora_over_seeds(recipe: str = "reference"):
+    """The table of the committed full-profile run of `python -m dreambooth_nb.sdxl.compare --seeds 0 1 2 --recipe
+    RECIPE --install`."""
     from ..toyworld.experiments import Printed
 
-    return Printed(results_file(".txt").read_text(encoding="utf-8").rstrip())
+    return Printed(results_file(".txt", recipe).read_text(encoding="utf-8").rstrip())
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ from mindspore import ops
 
 from ..batches import BatchMaker, ImageSet, latent_shape
 from ..common.config import SDXLLoraTrainConfig
+from ..common.errors import UserError
 from ..data import crop_with_corner, normalize
 from ..lora import TEXT_TARGETS, save_adapters
 from ..losses import DreamBoothLoss, dreambooth_loss
 from ..models import alphas_cumprod, tokenize_with_mask
+from ..train.adapters import chosen_layers
 from .model import SDXLComponents, encode_prompts, load_sdxl_components, sdxl_pipeline, time_ids
 
 SDXL_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # mindone's SDXL LoRA script
@@ -133,8 +135,16 @@ class SDXLLoraAdapters:
             nets.update(text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2)
         return nets
 
-    def adapter_targets(self, name: str) -> tuple:
-        return SDXL_UNET_TARGETS if name == "unet" else TEXT_TARGETS
+    def adapter_targets(self, config: SDXLLoraTrainConfig, name: str) -> tuple:
+        if name != "unet":
+            return TEXT_TARGETS
+        targets = chosen_layers(config.lora_layers, SDXL_UNET_TARGETS)
+        unsampleable = [t for t in targets if t in ("linear_1", "linear_2") or t.startswith("add_embedding")]
+        if unsampleable:  # mindone's SDXL pipeline reads add_embedding.linear_1.in_channels, which a wrapped layer lacks
+            raise UserError(f"--lora_layers names {', '.join(unsampleable)}, which would put adapters on the UNet's "
+                            f"add_embedding: mindone's SDXL pipeline cannot sample with those. Name "
+                            f"time_embedding.linear_1 and time_embedding.linear_2 instead.")
+        return targets
 
     def parameters(self, config, nets: dict, schedule: list):
         """The UNet's adapters at --learning_rate; the text encoders' at --text_encoder_lr (the schedule scaled) and

@@ -31,7 +31,7 @@ from ..sampling import save_pipeline
 from . import checkpoint as ckpt
 from .distributed import DIGEST_DIR, grad_reducer
 from .output import RunLock, bytes_needed, check_writable, keep_earlier_run, remove_stale_temporaries
-from .adapters import add_adapters
+from .adapters import add_adapters, check_targets, chosen_layers, names_layers
 from .method import TrainingMethod, missing_hooks
 from .step import adamw, lr_schedule
 
@@ -220,10 +220,12 @@ def prepare_networks(config: TrainConfig, method: TrainingMethod, components) ->
             freeze(getattr(components, name, None))
     for name, net in nets.items():
         net.set_train(True)
-        targets = method.adapter_targets(name)
+        targets = method.adapter_targets(config, name)
         for p in net.get_parameters():
             p.requires_grad = targets is None
         if targets is not None:
+            if name == "unet" and names_layers(config):
+                check_targets(net, name, targets)
             add_adapters(net, name, targets, config.lora_rank)
     if config.gradient_checkpointing:
         recompute_activations(nets)
@@ -321,8 +323,11 @@ class StableDiffusionMethod:
     def trained_networks(self, config: TrainConfig, components: Components) -> dict:
         return sd_networks(config, components)
 
-    def adapter_targets(self, name: str) -> tuple | None:
-        return dict(self.targets).get(name) if self.targets else None
+    def adapter_targets(self, config: TrainConfig, name: str) -> tuple | None:
+        if not self.targets:
+            return None
+        targets = dict(self.targets).get(name)
+        return chosen_layers(config.lora_layers, targets) if name == "unet" and targets else targets
 
     def parameters(self, config: TrainConfig, nets: dict, schedule: list):
         return trainable_weights(nets)

@@ -28,8 +28,9 @@ class TrainingMethod(Protocol):
     def trained_networks(self, config, components) -> dict[str, Any]:
         """{folder name: network} of what this run changes; the engine freezes every other network."""
 
-    def adapter_targets(self, name: str) -> tuple[str, ...] | None:
-        """The layer names that get LoRA adapters in the network `name`, or None: all its weights train."""
+    def adapter_targets(self, config, name: str) -> tuple[str, ...] | None:
+        """The layer names that get LoRA adapters in the network `name` (the UNet's as --lora_layers says), or None:
+        all its weights train."""
 
     def parameters(self, config, nets: dict, schedule: list) -> list:
         """What AdamW updates: the trainable weights, or parameter groups with learning rates of their own."""

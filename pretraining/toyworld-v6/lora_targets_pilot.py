@@ -10,7 +10,7 @@ model, its norms replaced by the trained ones).
     PW=0.5 STEPS=1200 JUDGE_AT=300,600,900 SEED=0 python pretraining/toyworld-v6/lora_targets_pilot.py
 
 RANK (16), LR (1e-3), STEPS (600), PW (prior loss weight, 1), SEED (0), EXTRA (layer names, commas between; by
-default every convolution and linear layer the reference leaves out, lora.CONV_AND_LINEAR_LAYERS), NORM_LR (0: the
+default every convolution and linear layer the reference leaves out: --lora_layers=all), NORM_LR (0: the
 norms frozen) and JUDGE_AT (steps whose adapters are judged as well as the last step's, commas between: fidelity moves
 by tens of points from one checkpoint to the next). The run goes to
 outputs/pilots/lora-<EXTRA or all>-r<RANK>-lr<LR>-<STEPS>-pw<PW>-s<SEED>[-norms<NORM_LR>], with the trained norms
@@ -40,8 +40,8 @@ rank, lr, steps = int(os.environ.get("RANK", 16)), float(os.environ.get("LR", 1e
 norm_lr, prior_weight = float(os.environ.get("NORM_LR", 0)), float(os.environ.get("PW", 1.0))
 seed = int(os.environ.get("SEED", 0))
 judge_at = [int(n) for n in os.environ.get("JUDGE_AT", "").split(",") if n and int(n) < steps]
-extra = tuple(os.environ["EXTRA"].split(",")) if os.environ.get("EXTRA") else lora.CONV_AND_LINEAR_LAYERS
-layers = "+".join(extra) if os.environ.get("EXTRA") else "all"
+extra = os.environ.get("EXTRA")  # --lora_layers: the reference's attention layers and these, else 'all'
+layers = "+".join(extra.split(",")) if extra else "all"
 out = Path(f"outputs/pilots/lora-{layers}-r{rank}-lr{lr:g}-{steps}-pw{prior_weight:g}-s{seed}"
            + (f"-norms{norm_lr:g}" if norm_lr else ""))
 
@@ -73,13 +73,11 @@ class LoraAndNorms(engine.StableDiffusionMethod):
         return [{"params": adapters}, {"params": norms, "lr": [v * ratio for v in schedule]}]
 
 
-method = LoraAndNorms(**{**{f.name: getattr(lora.LORA, f.name) for f in dataclasses.fields(lora.LORA)},
-                         "targets": (("unet", lora.UNET_TARGETS + extra), ("text_encoder", lora.TEXT_TARGETS))},
-                      norm_lr=norm_lr)
+method = LoraAndNorms(**{f.name: getattr(lora.LORA, f.name) for f in dataclasses.fields(lora.LORA)}, norm_lr=norm_lr)
 
 db.setup(show=False)
 config = db.lora_config(output_dir=str(out), lora_rank=rank, learning_rate=lr, max_train_steps=steps, seed=seed,
-                        prior_loss_weight=prior_weight)
+                        prior_loss_weight=prior_weight, lora_layers=f"to_k,to_q,to_v,to_out.0,{extra}" if extra else "all")
 
 
 def save_norms(folder: Path) -> None:

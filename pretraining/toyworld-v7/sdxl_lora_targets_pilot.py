@@ -5,8 +5,8 @@ pretraining/toyworld-v6/lora_targets_pilot.py), judged as chapter 09 judges (the
     SEED=0 RANK=16 LR=1e-3 PW=0.5 STEPS=1200 JUDGE_AT=900 python pretraining/toyworld-v7/sdxl_lora_targets_pilot.py
 
 TE_LR (0: the text encoders frozen, as chapter 09) trains adapters on both text encoders at that rate as well
-(--train_text_encoder --text_encoder_lr). The run goes to
-outputs/pilots/sdxl-lora-all-r<RANK>-lr<LR>-<STEPS>-pw<PW>-s<SEED>[-te<TE_LR>], each judged step's adapters in
+(--train_text_encoder --text_encoder_lr); LR_SCHED (constant) picks the --lr_scheduler, without warm-up. The run
+goes to outputs/pilots/sdxl-lora-all-r<RANK>-lr<LR>-<STEPS>-pw<PW>-s<SEED>[-te<TE_LR>][-<LR_SCHED>], each judged step's adapters in
 step-<N>/ (JUDGE_AT: steps judged as well as the last, commas between). About 10 minutes a 1,200-step run on 2 cores.
 """
 
@@ -29,30 +29,28 @@ from dreambooth_nb.train import engine  # noqa: E402
 
 rank, lr, steps = int(os.environ.get("RANK", 16)), float(os.environ.get("LR", 1e-3)), int(os.environ.get("STEPS", 1200))
 prior_weight, seed = float(os.environ.get("PW", 0.5)), int(os.environ.get("SEED", 0))
-text_lr = float(os.environ.get("TE_LR", 0))
+text_lr, schedule = float(os.environ.get("TE_LR", 0)), os.environ.get("LR_SCHED", "constant")
 judge_at = [int(n) for n in os.environ.get("JUDGE_AT", "").split(",") if n and int(n) < steps]
 out = Path(f"outputs/pilots/sdxl-lora-all-r{rank}-lr{lr:g}-{steps}-pw{prior_weight:g}-s{seed}"
-           + (f"-te{text_lr:g}" if text_lr else ""))
+           + (f"-te{text_lr:g}" if text_lr else "") + ("" if schedule == "constant" else f"-{schedule}"))
 
 
 @dataclasses.dataclass(frozen=True)
-class EveryLayer(training.SDXLLoraAdapters):
-    """SDXL LoRA with adapters on every convolution and linear layer of the UNet too; keeps the networks it trains."""
+class KeepNetworks(training.SDXLLoraAdapters):
+    """Chapter 09's SDXL LoRA that keeps the networks it trains (to save the judged steps' adapters)."""
 
     nets: dict = dataclasses.field(default_factory=dict)
-
-    def adapter_targets(self, name: str) -> tuple:
-        return training.SDXL_UNET_TARGETS + lora.CONV_AND_LINEAR_LAYERS if name == "unet" else lora.TEXT_TARGETS
 
     def parameters(self, config, nets, schedule):
         self.nets.update(nets)
         return super().parameters(config, nets, schedule)
 
 
-method = EveryLayer()
+method = KeepNetworks()
 db.setup(show=False)
 config = sdxl_lora_config(output_dir=str(out), lora_rank=rank, learning_rate=lr, max_train_steps=steps, seed=seed,
                           prior_loss_weight=prior_weight, validation_prompt=None, train_text_encoder=bool(text_lr),
+                          lr_scheduler=schedule, lr_warmup_steps=0, lora_layers="all",
                           **({"text_encoder_lr": text_lr} if text_lr else {}))
 
 
