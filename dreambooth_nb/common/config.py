@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -519,13 +520,10 @@ def _check_paths(c: TrainConfig) -> list[str]:
 
 def _check_lora_layers(c: LoraTrainConfig) -> list[str]:
     """--lora_layers: 'all', or layer names (the last parts of module names, as peft matches them), commas between."""
-    import re
-
     if c.lora_layers is None or c.lora_layers.strip() == "all":
         return []
-    names = [name.strip() for name in c.lora_layers.split(",")]
-    bad = [name for name in names if not re.fullmatch(r"[A-Za-z_][\w.]*", name)]
-    if bad or not names:
+    bad = [name for name in (n.strip() for n in c.lora_layers.split(",")) if not re.fullmatch(r"[A-Za-z_][\w.]*", name)]
+    if bad:
         return [f"--lora_layers={c.lora_layers!r}: give layer names with commas between, such as "
                 f"'to_k,to_q,to_v,to_out.0' or 'conv1,conv2', or 'all' (not: {', '.join(map(repr, bad))})."]
     return []
