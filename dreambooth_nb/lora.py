@@ -356,15 +356,34 @@ class RankSweep(Table):
 
 
 # ------------------------------------------------------------------------------ panels
+LAYER_CHOICES = (("attention (the reference's)", ""), ("every layer (--lora_layers=all)", "all"))  # (label, flag)
+
+
 class LoraTrainPanel(TrainPanel):
-    """Chapter 07's training panel with a LoRA switch (on: train rank-r adapters; off: full fine-tuning) and the rank."""
+    """Chapter 07's training panel with a LoRA switch (on: train rank-r adapters; off: full fine-tuning), the rank, and
+    where the adapters go (--lora_layers: the reference's attention layers, or every layer)."""
 
     def make_fields(self, w) -> dict:
         fields = super().make_fields(w)
         slider = dict(continuous_update=False, style={"description_width": "150px"}, layout={"width": "420px"})
         fields["lora_rank"] = w.IntSlider(min=1, max=64, description="LoRA rank", **slider)
+        fields["lora_layers"] = w.Dropdown(options=LAYER_CHOICES, description="LoRA layers",
+                                          style=slider["style"], layout=slider["layout"])
         self.use_lora = w.Checkbox(value=True, description="LoRA adapters (off: full fine-tuning)", indent=False)
         return fields
+
+    def _widget_value(self, name: str):
+        if name == "lora_layers":  # a list of names typed on the command line shows as the nearest choice
+            return "all" if self.config.lora_layers == "all" else ""
+        return super()._widget_value(name)
+
+    def form(self) -> dict:
+        """The settings the widgets show now; the attention choice is the flag left out (None), or the config's own list
+        of layer names while the choice was never changed to every layer."""
+        values = super().form()
+        if not values["lora_layers"]:
+            values["lora_layers"] = None if self.config.lora_layers == "all" else self.config.lora_layers
+        return values
 
     def _build(self) -> None:
         super()._build()

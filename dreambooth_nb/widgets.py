@@ -171,7 +171,7 @@ def _train_fields(w) -> dict[str, Any]:
         "max_train_steps": w.IntSlider(min=1, max=1000, description="steps", **slider),
         "train_batch_size": w.IntSlider(min=1, max=8, description="batch size", **slider),
         "with_prior_preservation": w.Checkbox(description="prior preservation", indent=False),
-        "prior_loss_weight": w.FloatSlider(min=0.0, max=3.0, step=0.1, description="prior weight λ", **slider),
+        "prior_loss_weight": w.FloatSlider(min=0.0, max=3.0, step=0.05, description="prior weight λ", **slider),
         "num_class_images": w.IntSlider(min=1, max=200, description="class images", **slider),
         "train_text_encoder": w.Checkbox(description="train text encoder", indent=False),
         "resolution": w.IntText(description="resolution (px)", **text),

@@ -146,8 +146,10 @@ def test_the_panels_sdxl_switch_trains_the_same_settings_on_the_toy_sdxl():
     train, generate = sdxl_panels()
     assert train.family.value == "SDXL" and generate.family.value == "SDXL"
     train.set("seed", 7)
+    train.set("lora_layers", "all")  # the every-layer adapters of chapter 09's committed comparison
     run = train.run_config()
     assert isinstance(run, SDXLLoraTrainConfig) and run.seed == 7 and run.pretrained_model_name_or_path == "toy-world-xl"
+    assert run.lora_layers == "all"
     train.family.value = "SD"
     run = train.run_config()
     assert type(run) is LoraTrainConfig and run.seed == 7 and run.pretrained_model_name_or_path == "toy-world"

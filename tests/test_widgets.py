@@ -123,6 +123,7 @@ def test_real_engine_stops_when_stop_is_clicked(tmp_path):
 
 
 def test_lora_panels_add_a_switch_a_rank_an_adapter_picker_and_a_strength(tmp_path, monkeypatch):
+    import dreambooth_nb as db
     from dreambooth_nb import lora
     from dreambooth_nb.common.config import LoraTrainConfig
 
@@ -130,13 +131,25 @@ def test_lora_panels_add_a_switch_a_rank_an_adapter_picker_and_a_strength(tmp_pa
     train, generate = lora.LoraTrainPanel(config), lora.LoraGeneratePanel("toy-world", adapters=str(tmp_path / "a"))
     assert train.fields["lora_rank"].value == 4 and train.use_lora.value
     assert train.set("lora_rank", 8) == [] and train.config.lora_rank == 8
+    assert train.fields["lora_layers"].value == "" and train.config.lora_layers is None  # the reference's layers
     calls = []
-    monkeypatch.setattr(lora, "train_lora", lambda c, *a, **k: calls.append(("lora", c.lora_rank)) or fake_engine()(c, *a, **k))
+    monkeypatch.setattr(lora, "train_lora", lambda c, *a, **k: calls.append(("lora", c.lora_rank, c.lora_layers)) or fake_engine()(c, *a, **k))
     train.train()
+    assert train.set("lora_layers", "all") == [] and train.config.lora_layers == "all"
+    train.train()
+    assert "lora_layers" in train.log.rows[-1]["changed"]
+    assert train.set("lora_layers", "") == [] and train.config.lora_layers is None
     train.use_lora.value = False
     monkeypatch.setattr("dreambooth_nb.train.train_dreambooth", lambda c, *a, **k: calls.append(("full", type(c).__name__)) or fake_engine()(c, *a, **k))
     train.train()
-    assert calls == [("lora", 8), ("full", "TrainConfig")]
+    assert calls == [("lora", 8, None), ("lora", 8, "all"), ("full", "TrainConfig")]
+    named = lora.LoraTrainPanel(config.replace(lora_layers="to_q,to_v"))  # a typed list stays until the choice changes
+    assert named.fields["lora_layers"].value == "" and named.set("seed", 3) == [] and named.config.lora_layers == "to_q,to_v"
+    for flag, value in db.EVERY_LAYER_LORA.items():  # chapter 09's every-layer recipe, set with the panel's widgets
+        assert named.set(flag, value) == [] and getattr(named.config, flag) == value, flag
+        widget = named.fields[flag]
+        if type(widget).__name__ == "FloatSlider":  # a value between two of the slider's stops cannot be dragged to
+            assert abs((value - widget.min) / widget.step - round((value - widget.min) / widget.step)) < 1e-9, flag
     assert list(generate.adapter.options) == ["none", "trained"] and generate.strength.value == 1.0
 
 
