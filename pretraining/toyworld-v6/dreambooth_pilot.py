@@ -8,9 +8,12 @@ figure to outputs/pilots/NAME.png.
     VARIANT='{"small": [1, 3], "recipe": "prior weight 0.5", "seed": 0}' NAME=some-small-0 python ...
     VARIANT='{"recipe": "prior weight 0.5", "changes": {"num_class_images": 100}, "seed": 0}' NAME=class-100-0 python ...
 
+    VARIANT='{"recipe": "prior weight 0.5", "instance_timesteps": [0, 600], "seed": 0}' NAME=instance-t600-0 python ...
+
 VARIANT keys: radii (the photos' subject radii), offsets, small (which of the five photos are redrawn small, 7-8 px),
 steps (600), seed (0), recipe (experiments.BOTH: judged class images, text encoder trained), changes (TrainConfig
-fields), prior (true).
+fields), prior (true), instance_timesteps ([low, high): the instance half's timesteps drawn from that range only, the
+class half's from the whole schedule).
 """
 import collections
 import dataclasses
@@ -41,6 +44,21 @@ if "small" in variant:  # a casual set with some small photos: these ones redraw
 
     scenes.subject_scenes = some_small
     scenes.VERSION = 200 + sum(2 ** i for i in variant["small"])
+
+if "instance_timesteps" in variant:  # the photos taught only at these noise levels; the class images at all of them
+    from dreambooth_nb import batches
+
+    low, high = variant["instance_timesteps"]
+    whole_schedule = batches.BatchMaker.__call__
+
+    def instance_half_in_range(self, step: int):
+        *inputs, timesteps = whole_schedule(self, step)
+        rng = np.random.default_rng([self.seed, step, 2, self.rank])
+        n = self.config.train_batch_size
+        timesteps[:n] = rng.integers(low, high, (n,)).astype(np.int32)
+        return (*inputs, timesteps)
+
+    batches.BatchMaker.__call__ = instance_half_in_range
 
 from dreambooth_nb.common.judge import load_judge  # noqa: E402  (after the scene settings above)
 from dreambooth_nb.infer import load_pipeline, swap_weights  # noqa: E402
