@@ -343,9 +343,10 @@ def test_a_recipe_changes_only_what_it_names_and_writes_to_its_own_folders():
 
 
 def test_the_sweep_leaves_out_the_combined_recipe_and_refuses_a_recipe_of_its_own(capsys):
-    from dreambooth_nb.toyworld.experiments import BOTH, RECIPES, SWEEP_RECIPES, main
+    from dreambooth_nb.toyworld.experiments import AFTER_SWEEP, BOTH, RECIPES, SWEEP_RECIPES, main
 
-    assert BOTH not in SWEEP_RECIPES and set(SWEEP_RECIPES) | {BOTH} == set(RECIPES)
+    assert BOTH in AFTER_SWEEP and not set(AFTER_SWEEP) & set(SWEEP_RECIPES)
+    assert set(SWEEP_RECIPES) | set(AFTER_SWEEP) == set(RECIPES)
     with pytest.raises(SystemExit):
         main(["--sweep", "--recipe", BOTH])
     assert "--sweep trains every recipe" in capsys.readouterr().err

@@ -196,6 +196,7 @@ def payoff_figure(models: dict[str, dict], per_block: int = 4):
 # each recipe: what it changes in chapter 06's with-prior run (the JUDGED ones: class images the judge reads as plain stars)
 FILTERED = "class images judged plain stars"
 BOTH = "judged class images + text encoder trained"
+QUARTER = "prior weight 0.25"
 RECIPES = {
     CHAPTER_RECIPE: {},
     "text encoder trained": {"train_text_encoder": True},
@@ -204,9 +205,12 @@ RECIPES = {
     "16 class images": {"num_class_images": 16},
     FILTERED: {},
     BOTH: {"train_text_encoder": True},
+    QUARTER: {"prior_loss_weight": 0.25},
 }
 JUDGED = (FILTERED, BOTH)  # the recipes whose class images are the judged plain stars
-SWEEP_RECIPES = tuple(r for r in RECIPES if r != BOTH)  # BOTH combines the sweep's two best: measured on its own
+# measured on their own, after the sweep: BOTH combines its two best; QUARTER follows its best (half the prior's weight)
+AFTER_SWEEP = (BOTH, QUARTER)
+SWEEP_RECIPES = tuple(r for r in RECIPES if r not in AFTER_SWEEP)
 
 
 def with_recipe(config, recipe: str, progress: bool = True, **changes):
