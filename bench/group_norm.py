@@ -6,15 +6,16 @@ normalisation written as reductions and element-wise ops (mindone's own fallback
 Each form runs compiled, forward and backward (gradients for the input, the scale and the shift), ten GroupNorms in a
 chain so that one call is more than its launch; the shapes are the 142 M-parameter UNet's at 64 px with prior
 (batch 2, latents 8 x 8 down to 2 x 2) and the toy model's. Both forms give the same loss (printed). Prints
-milliseconds per GroupNorm and the ratio written-out / kernel (> 1: the kernel is faster). README, "What did not help".
+milliseconds per GroupNorm (median of the calls after the first) and the ratio written-out / kernel (> 1: the kernel is faster). README, "What did not help".
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+
+from common import time_calls
 
 SHAPES = [(2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2), (2, 64, 8, 8), (4, 96, 4, 4), (2, 128, 32, 32)]
 CHAIN = 10  # GroupNorms per call
@@ -47,15 +48,9 @@ def compiled_step(norm, channels: int, groups: int = 32):
 
 
 def ms_per_norm(step, x, calls: int) -> tuple[float, float]:
-    """(milliseconds per GroupNorm, loss) after 3 warm-up calls."""
-    loss = float(step(x)[0].asnumpy())
-    for _ in range(3):
-        step(x)
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = step(x)
-    out[0].asnumpy()
-    return (time.perf_counter() - start) / calls / CHAIN * 1000, loss
+    """(milliseconds per GroupNorm, the median of `calls` calls after the compiling one; loss)."""
+    timed = time_calls(lambda i: step(x)[0].asnumpy(), repeats=calls)
+    return timed["steady_s"] / CHAIN * 1000, float(step(x)[0].asnumpy())
 
 
 def main() -> None:
