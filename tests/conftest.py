@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules (each costs a compiled training run, so it runs once per session)."""
 
+from pathlib import Path
+
 import pytest
 
 TINY = "tiny-random"
@@ -18,8 +20,8 @@ def lora_test_config(output_dir, **changes):
 
 @pytest.fixture(scope="session")
 def lora_runs(tmp_path_factory):
-    """A LoRA run that never stops (root/full), and one stopped after 3 steps then resumed in the same networks
-    (root/stopped); with the UNet's and text encoder's weights before training and the full run's components after it."""
+    """A LoRA run that never stops (root/full), and its checkpoint-2 resumed in the same networks (root/resumed: see
+    resumed_in_place_from_a_copy); with the UNet's and text encoder's weights before training, and the components."""
     from dreambooth_nb.common import runtime
     from dreambooth_nb.lora import train_lora
     from dreambooth_nb.models import load_components
@@ -30,21 +32,23 @@ def lora_runs(tmp_path_factory):
     before = {net: {k: p.asnumpy().copy() for k, p in getattr(full_components, net).parameters_and_names()}
               for net in ("unet", "text_encoder")}
     full = train_lora(lora_test_config(root / "full"), full_components, progress=False)
-    resumed = stopped_then_resumed_in_place(train_lora, lambda **c: lora_test_config(root / "stopped", **c),
-                                            load_components(TINY))
+    resumed = resumed_in_place_from_a_copy(train_lora, lora_test_config(root / "resumed"), full_components,
+                                           root / "full" / "checkpoint-2")
     return dict(root=root, full=full, resumed=resumed, before=before, components=full_components)
 
 
-def stopped_then_resumed_in_place(train, config_for, components, stop: int = 3):
-    """Train `components` with config_for(), stopped after `stop` steps, then resumed from 'latest' in the same
-    networks after every trainable weight was moved away (so only the checkpoint can bring it back): the resume of a
-    run in the same kernel, which reuses the compiled step (no second compile). test_train_engine resumes in fresh
-    networks, as a new process does."""
-    import dreambooth_nb as db
+def resumed_in_place_from_a_copy(train, config, components, checkpoint: Path):
+    """A finished run's `checkpoint` (its checkpoint-N) copied into config.output_dir, and the run resumed there from it
+    in the same networks after every trainable weight was moved away, so that only the checkpoint (weights and
+    optimizer state) can bring back what the uninterrupted run did after step N: its result should be that run's. The
+    compiled step is reused (no second compile). test_train_engine stops a run and resumes it in fresh networks, as a
+    new process does."""
+    import dataclasses
+    import shutil
 
-    train(config_for(), components, progress=False, on_step=db.stop_after(stop))
+    shutil.copytree(checkpoint, Path(config.output_dir) / checkpoint.name)
     move_trainable_weights(components)
-    return train(config_for(resume_from_checkpoint="latest"), components, progress=False)
+    return train(dataclasses.replace(config, resume_from_checkpoint="latest"), components, progress=False)
 
 
 def move_trainable_weights(components, by: float = 0.5) -> None:

@@ -2,6 +2,9 @@
 
 Needs /usr/bin/chromium and the `playwright` package (scripts/browser_deps.sh installs both); skipped
 with the reason when either is missing. Screenshots go to outputs/browser/.
+
+It runs every cell of chapter 07 and checks, in the notebook the lab saves, that each ran without an error (what
+nbval checks), so `make test` leaves chapter 07 out of nbval when this test can run (scripts/run_tests.sh).
 """
 
 from __future__ import annotations
@@ -134,6 +137,19 @@ def wait_for_idle_kernel(base: str, token: str, timeout_s: float = 120) -> None:
     pytest.fail(f"the notebook's kernel was not idle within {timeout_s} s")
 
 
+def saved_code_cells(page, path: Path, timeout_s: float = 60) -> list[dict]:
+    """The toolbar's Save, then the notebook's code cells as written to disk (outputs and execution counts)."""
+    before = path.stat().st_mtime_ns
+    page.locator('.jp-NotebookPanel-toolbar [data-command="docmanager:save"]').first.click()
+    deadline = time.time() + timeout_s
+    while path.stat().st_mtime_ns == before:
+        if time.time() > deadline:
+            pytest.fail(f"the lab did not save {path} within {timeout_s} s")
+        time.sleep(0.5)
+    time.sleep(1)  # the file is written, then renamed into place: read it once it has settled
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
 def run_all_until_started(page, tries: int = 3) -> None:
     """Restart and run all, again if after 30 s no cell is queued ([*]) or has output (a click lost while the lab
     was busy)."""
@@ -151,7 +167,7 @@ def run_all_until_started(page, tries: int = 3) -> None:
                 raise
 
 
-def test_playground_in_chromium(lab):
+def test_playground_in_chromium(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
     base, token = lab
@@ -161,7 +177,7 @@ def test_playground_in_chromium(lab):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             run_playground(page, f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}",
-                           kernel_idle=lambda: wait_for_idle_kernel(base, token))
+                           kernel_idle=lambda: wait_for_idle_kernel(base, token), saved=tmp_path / "lab" / NOTEBOOK)
         except Exception:
             page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
             raise
@@ -169,7 +185,7 @@ def test_playground_in_chromium(lab):
             browser.close()
 
 
-def run_playground(page, url: str, kernel_idle) -> None:
+def run_playground(page, url: str, kernel_idle, saved: Path) -> None:
     page.goto(url)
     wait_visible(page, ".jp-Notebook .jp-Cell", 60)
     wait_visible(page, ".jp-Notebook-ExecutionIndicator, .jp-KernelStatus, .jp-Toolbar", 60)
@@ -181,6 +197,11 @@ def run_playground(page, url: str, kernel_idle) -> None:
     wait_visible(page, ".db-generate-panel .jupyter-button", 180)
     assert page.locator(".db-generate-panel .jupyter-button").count() == 2  # Generate, Compare
     wait_visible(page, ".jp-Notebook .jp-Cell:last-child .jp-OutputArea-output img", 240)
+    cells = saved_code_cells(page, saved)
+    failed = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(cells) for o in c["outputs"]
+              if o["output_type"] == "error"]
+    assert not failed, f"chapter 07's cells raised: {failed}"
+    assert all(isinstance(c["execution_count"], int) for c in cells), [c["execution_count"] for c in cells]
     panel = page.locator(".db-train-panel")
     panel.scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "01_run_all.png"))

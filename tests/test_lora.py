@@ -142,7 +142,7 @@ def test_adapters_on_convolutions_are_saved_in_one_naming_and_load_whole(tmp_pat
 
 @pytest.fixture(scope="module")
 def runs(lora_runs):
-    """conftest's shared LoRA runs (full, and stopped then resumed)."""
+    """conftest's shared LoRA runs (full, and its checkpoint-2 resumed)."""
     return lora_runs
 
 
@@ -165,15 +165,15 @@ def test_the_adapter_file_has_diffusers_names_and_only_adapters_trained(runs):
 
 
 @pytest.mark.slow
-def test_stopped_and_resumed_lora_run_ends_with_the_same_adapters(runs):
+def test_a_lora_run_resumed_from_its_checkpoint_ends_with_the_same_adapters(runs):
     from safetensors.numpy import load_file
 
     full = load_file(str(runs["root"] / "full" / "pytorch_lora_weights.safetensors"))
-    resumed = load_file(str(runs["root"] / "stopped" / "pytorch_lora_weights.safetensors"))
+    resumed = load_file(str(runs["root"] / "resumed" / "pytorch_lora_weights.safetensors"))
     assert full.keys() == resumed.keys()
     for key in full:
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
-    assert runs["resumed"].resumed_from.name == "checkpoint-3"
+    assert runs["resumed"].resumed_from.name == "checkpoint-2"
 
 
 @pytest.mark.slow
