@@ -11,16 +11,10 @@ dreambooth_pilot.py's (results in outputs/pilots/); the recipe must train the te
 """
 
 import dataclasses
-import os
-import runpy
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from pilot_method import run_pilot_with  # also puts the repository on sys.path
 
-from dreambooth_nb.train import engine  # noqa: E402
-import dreambooth_nb.train as train_package  # noqa: E402
+from dreambooth_nb.train import engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +32,5 @@ class UNetAndEmbeddings(engine.StableDiffusionMethod):
         return kept
 
 
-METHOD = UNetAndEmbeddings(**{f.name: getattr(engine.FULL_FINE_TUNING, f.name)
-                              for f in dataclasses.fields(engine.FULL_FINE_TUNING)})
-whole_unet = engine.train_dreambooth
-
-
-def train_with_embeddings(config, components=None, progress=True, on_step=None, method=None):
-    return whole_unet(config, components, progress, on_step, method=METHOD)
-
-
-train_package.train_dreambooth = train_with_embeddings  # what dreambooth_pilot.py's experiments.train_toy calls
-os.chdir(ROOT)
-runpy.run_path(str(Path(__file__).with_name("dreambooth_pilot.py")), run_name="__main__")
+if __name__ == "__main__":
+    run_pilot_with(UNetAndEmbeddings)

@@ -11,15 +11,10 @@ trains every other UNet weight; PART=only:conv1,conv2 trains the weights of laye
 
 import dataclasses
 import os
-import runpy
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from pilot_method import run_pilot_with  # also puts the repository on sys.path
 
-from dreambooth_nb.train import engine  # noqa: E402
-import dreambooth_nb.train as train_package  # noqa: E402
+from dreambooth_nb.train import engine
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out")
 PART = os.environ.get("PART", "attention")
@@ -50,14 +45,5 @@ class PartOfUNet(engine.StableDiffusionMethod):
         return kept
 
 
-METHOD = PartOfUNet(**{f.name: getattr(engine.FULL_FINE_TUNING, f.name) for f in dataclasses.fields(engine.FULL_FINE_TUNING)})
-whole_unet = engine.train_dreambooth
-
-
-def train_part(config, components=None, progress=True, on_step=None, method=None):
-    return whole_unet(config, components, progress, on_step, method=METHOD)
-
-
-train_package.train_dreambooth = train_part  # what dreambooth_pilot.py's experiments.train_toy calls
-os.chdir(ROOT)
-runpy.run_path(str(Path(__file__).with_name("dreambooth_pilot.py")), run_name="__main__")
+if __name__ == "__main__":
+    run_pilot_with(PartOfUNet)
