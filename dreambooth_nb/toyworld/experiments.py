@@ -197,6 +197,7 @@ def payoff_figure(models: dict[str, dict], per_block: int = 4):
 FILTERED = "class images judged plain stars"
 BOTH = "judged class images + text encoder trained"
 QUARTER = "prior weight 0.25"
+JUDGED_QUARTER = "judged class images + prior weight 0.25"
 RECIPES = {
     CHAPTER_RECIPE: {},
     "text encoder trained": {"train_text_encoder": True},
@@ -206,10 +207,12 @@ RECIPES = {
     FILTERED: {},
     BOTH: {"train_text_encoder": True},
     QUARTER: {"prior_loss_weight": 0.25},
+    JUDGED_QUARTER: {"prior_loss_weight": 0.25},
 }
-JUDGED = (FILTERED, BOTH)  # the recipes whose class images are the judged plain stars
-# measured on their own, after the sweep: BOTH combines its two best; QUARTER follows its best (half the prior's weight)
-AFTER_SWEEP = (BOTH, QUARTER)
+JUDGED = (FILTERED, BOTH, JUDGED_QUARTER)  # the recipes whose class images are the judged plain stars
+# measured on their own, after the sweep: BOTH combines its two best; QUARTER follows its best (half the prior's
+# weight); JUDGED_QUARTER gives QUARTER the judged class images (pilots: pretraining/toyworld-v6/README.md)
+AFTER_SWEEP = (BOTH, QUARTER, JUDGED_QUARTER)
 SWEEP_RECIPES = tuple(r for r in RECIPES if r not in AFTER_SWEEP)
 
 
