@@ -69,7 +69,7 @@ def lab(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(base, token, server, tmp_path / "lab.log")
-        yield base, token
+        yield base, token, served / NOTEBOOK
     finally:
         with_sessions_deleted(base, token)
         server.terminate()
@@ -142,12 +142,14 @@ def saved_code_cells(page, path: Path, timeout_s: float = 60) -> list[dict]:
     before = path.stat().st_mtime_ns
     page.locator('.jp-NotebookPanel-toolbar [data-command="docmanager:save"]').first.click()
     deadline = time.time() + timeout_s
-    while path.stat().st_mtime_ns == before:
-        if time.time() > deadline:
-            pytest.fail(f"the lab did not save {path} within {timeout_s} s")
+    while time.time() < deadline:
+        if path.stat().st_mtime_ns != before:
+            try:  # the file may still be half written: read again until it parses
+                return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+            except json.JSONDecodeError:
+                pass
         time.sleep(0.5)
-    time.sleep(1)  # the file is written, then renamed into place: read it once it has settled
-    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    pytest.fail(f"the lab did not save {path} within {timeout_s} s")
 
 
 def run_all_until_started(page, tries: int = 3) -> None:
@@ -167,17 +169,17 @@ def run_all_until_started(page, tries: int = 3) -> None:
                 raise
 
 
-def test_playground_in_chromium(lab, tmp_path):
+def test_playground_in_chromium(lab):
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
+    base, token, saved = lab
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             run_playground(page, f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}",
-                           kernel_idle=lambda: wait_for_idle_kernel(base, token), saved=tmp_path / "lab" / NOTEBOOK)
+                           kernel_idle=lambda: wait_for_idle_kernel(base, token), saved=saved)
         except Exception:
             page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
             raise
